@@ -1,0 +1,259 @@
+"""Lightning data module: per-task TorchIO queues merged into task-balanced mini-batches."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+
+import lightning as L
+import torch
+import torchio as tio
+from torch.utils.data import DataLoader, IterableDataset, TensorDataset
+from tqdm.auto import tqdm
+
+from mtseg.data.preprocessing import IMAGE, LABEL, SAMPLING_MASK, build_preprocessing
+from mtseg.data.sampling import (
+    CLASS_INDEX,
+    VOLUME,
+    ClassBalancedTriplanarSampler,
+    ClassVoxelIndex,
+    stratified_counts,
+)
+from mtseg.data.sources import task_subjects
+from mtseg.data.triplanar import TriplanarVolume
+from mtseg.tasks import LabelSpace, get_task
+
+
+class PreparedSubjectsDataset(tio.SubjectsDataset):
+    """Subjects preprocessed once and kept in memory.
+
+    TorchIO's dataset deep-copies every subject it hands to the queue; these subjects
+    are only read by the sampler, so they are handed over as they are and a refill
+    costs no copy of the volume.
+    """
+
+    def __getitem__(self, index: int) -> tio.Subject:
+        subject = self._subjects[int(index)]
+        return self._transform(subject) if self._transform is not None else subject
+
+
+def prepare_subject(subject: tio.Subject, preprocessing: tio.Transform, radius: int, pad_value: float) -> tio.Subject:
+    """Preprocess ``subject`` and attach its padded volume and class voxel index.
+
+    The returned subject keeps ``image``, ``label`` and ``sampling_mask`` (whole-volume
+    evaluation needs them) plus :data:`VOLUME` and :data:`CLASS_INDEX` for sampling.
+    """
+    path = subject[IMAGE].path
+    if subject[IMAGE].data.ndim != 4 or subject[IMAGE].data.shape[0] != 1:
+        raise ValueError(f"{path}: expected a single-channel 3-D image, got shape {tuple(subject[IMAGE].shape)}")
+    prepared = preprocessing(subject)
+    task = get_task(prepared["task"])
+    label = prepared[LABEL].data[0]
+    if label.is_floating_point() and not torch.equal(label, label.round()):
+        raise ValueError(f"{subject[LABEL].path}: label map holds non-integer values")
+    label = label.long()
+    found = torch.unique(label)
+    if found.min() < 0 or found.max() >= task.n_classes:
+        raise ValueError(
+            f"{subject[LABEL].path}: label values {found.tolist()} outside 0..{task.n_classes - 1} "
+            f"of task {task.name!r} ({', '.join(task.classes)})"
+        )
+    eligible = prepared[SAMPLING_MASK].data[0].bool()
+    if not eligible.any():
+        raise ValueError(
+            f"{path}: no voxel has intensity above the sampling threshold of task {task.name!r}; "
+            f"lower data.{task.name}.preprocessing.threshold"
+        )
+    prepared[VOLUME] = TriplanarVolume(prepared[IMAGE].data[0], radius, pad_value)
+    prepared[CLASS_INDEX] = ClassVoxelIndex(label, eligible, task.n_classes)
+    return prepared
+
+
+class TaskBalancedBatches(IterableDataset):
+    """Endless mini-batches drawn from one TorchIO queue per task.
+
+    Each mini-batch holds ``batch_size // T`` samples of each of the ``T`` tasks,
+    the remainder going to tasks drawn at random. Labels are mapped to the
+    experiment's output channels.
+
+    Args:
+        queues: Queue of triplanar samples per task.
+        label_space: The experiment's merged classes.
+        batch_size: Samples per mini-batch.
+        generator: Random generator for the remainder.
+    """
+
+    def __init__(
+        self,
+        queues: Mapping[str, tio.Queue],
+        label_space: LabelSpace,
+        batch_size: int,
+        generator: torch.Generator,
+    ):
+        self.queues = dict(queues)
+        self.tasks = list(self.queues)
+        self.label_space = label_space
+        self.luts = {task: label_space.global_labels(task) for task in self.tasks}
+        self.batch_size = batch_size
+        self.generator = generator
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        while True:
+            counts = stratified_counts(self.batch_size, len(self.tasks), self.generator)
+            planes, targets, task_ids = [], [], []
+            for task_id, (task, count) in enumerate(zip(self.tasks, counts.tolist())):
+                queue = self.queues[task]
+                samples = [queue[0] for _ in range(count)]
+                planes += [s["planes"] for s in samples]
+                local = torch.stack([s["label"] for s in samples]) if samples else torch.empty(0, dtype=torch.long)
+                targets.append(self.luts[task][local])
+                task_ids.append(torch.full((count,), task_id))
+            yield {
+                "planes": torch.stack(planes),
+                "target": torch.cat(targets),
+                "task": torch.cat(task_ids),
+            }
+
+
+class MultiTaskDataModule(L.LightningDataModule):
+    """Training and held-out data of one experiment.
+
+    Args:
+        tasks: Tasks of the experiment.
+        root: Folder for generated or cached data.
+        batch_size: Samples per mini-batch, split equally over the tasks.
+        radius: Half the patch side, i.e. the model's depth.
+        pad_value: Normalised intensity outside the volume.
+        queue: ``max_length``, ``samples_per_volume`` and ``num_workers`` of each TorchIO queue.
+        val_samples_per_class: Held-out voxels drawn per class and task for validation.
+        seed: Seed of the sampling generators and the validation draw.
+        **sources: Per-task data config, one keyword per task (``data.<task>``): source,
+            split sizes and ``preprocessing`` (``spacing``, ``threshold``, ``intensity`` transforms).
+    """
+
+    def __init__(
+        self,
+        tasks: Sequence[str],
+        root: str,
+        batch_size: int,
+        radius: int,
+        pad_value: float,
+        queue: Mapping,
+        val_samples_per_class: int,
+        seed: int = 0,
+        **sources: Mapping,
+    ):
+        super().__init__()
+        self.label_space = LabelSpace(tasks)
+        self.tasks = self.label_space.tasks
+        if batch_size < len(self.tasks):
+            raise ValueError(
+                f"data.batch_size={batch_size} is smaller than the number of tasks "
+                f"({len(self.tasks)}: {', '.join(self.tasks)}); every mini-batch needs each task"
+            )
+        missing = [t for t in self.tasks if t not in sources]
+        if missing:
+            raise ValueError(f"no data config for task(s) {missing}; add data.<task> entries")
+        if val_samples_per_class < 1:
+            raise ValueError(f"data.val_samples_per_class must be positive, got {val_samples_per_class}")
+        self.sources = {t: sources[t] for t in self.tasks}
+        self.root = Path(root)
+        self.batch_size = batch_size
+        self.radius = radius
+        self.pad_value = pad_value
+        self.queue_cfg = dict(queue)
+        self.val_samples_per_class = val_samples_per_class
+        self.seed = seed
+        self.subjects: dict[str, dict[str, list[tio.Subject]]] = {}
+        self.val_set: TensorDataset | None = None
+
+    def _raw_subjects(self) -> dict[str, dict[str, list[tio.Subject]]]:
+        return {task: task_subjects(task, self.sources[task], self.root) for task in self.tasks}
+
+    def prepare_data(self) -> None:
+        """Generate (or find cached) data for every task."""
+        self._raw_subjects()
+
+    def setup(self, stage: str | None = None) -> None:
+        """Load and preprocess every subject once; check the data; draw the validation voxels."""
+        if self.subjects:
+            return
+        for task, splits in self._raw_subjects().items():
+            if not splits.get("train"):
+                raise ValueError(f"task {task!r} has no training images (data.{task}.source={self.sources[task]['source']})")
+            if not splits.get("test"):
+                raise ValueError(f"task {task!r} has no held-out images for validation")
+            cfg = self.sources[task]["preprocessing"]
+            preprocessing = build_preprocessing(cfg["spacing"], cfg["threshold"], list(cfg.get("intensity", [])))
+            self.subjects[task] = {
+                split: [
+                    prepare_subject(s, preprocessing, self.radius, self.pad_value)
+                    for s in tqdm(subjects, desc=f"Preprocessing {task} {split}", leave=False)
+                ]
+                for split, subjects in splits.items()
+            }
+            self._check_classes(task)
+        self.val_set = self._draw_validation_set()
+
+    def _check_classes(self, task: str) -> None:
+        counts = sum(s[CLASS_INDEX].counts for s in self.subjects[task]["train"])
+        names = ("background",) + get_task(task).classes
+        empty = [names[c] for c in range(len(names)) if counts[c] == 0]
+        if empty:
+            raise ValueError(
+                f"training images of task {task!r} contain no sample voxel of class(es) {empty} "
+                f"(above data.{task}.preprocessing.threshold); each class needs training samples"
+            )
+
+    def _draw_validation_set(self) -> TensorDataset:
+        """Class-stratified held-out voxels with weights that make Dice an estimate over whole images.
+
+        A sampled voxel of class ``c`` stands for ``N_c / n_c`` voxels, where ``N_c`` is the number
+        of eligible class-``c`` voxels in the task's held-out images and ``n_c`` the number drawn.
+        """
+        generator = torch.Generator().manual_seed(self.seed + 10_000)
+        planes, targets, weights, task_ids = [], [], [], []
+        for task_id, task in enumerate(self.tasks):
+            lut = self.label_space.global_labels(task)
+            subjects = self.subjects[task]["test"]
+            totals = sum(s[CLASS_INDEX].counts for s in subjects)
+            for cls in torch.nonzero(totals).flatten().tolist():
+                per_subject = torch.stack([s[CLASS_INDEX].counts[cls] for s in subjects])
+                # Split the draw over subjects in proportion to their voxels of this class.
+                share = torch.multinomial(per_subject.double(), self.val_samples_per_class, True, generator=generator)
+                for subject_index, n in enumerate(torch.bincount(share, minlength=len(subjects)).tolist()):
+                    if n == 0:
+                        continue
+                    subject = subjects[subject_index]
+                    centres = subject[CLASS_INDEX].draw(cls, n, generator)
+                    planes.append(subject[VOLUME].extract(centres))
+                    targets.append(torch.full((n,), int(lut[cls])))
+                    weights.append(torch.full((n,), float(totals[cls]) / self.val_samples_per_class))
+                    task_ids.append(torch.full((n,), task_id))
+        return TensorDataset(torch.cat(planes), torch.cat(targets), torch.cat(weights), torch.cat(task_ids))
+
+    def _queue(self, task: str, task_id: int) -> tio.Queue:
+        cfg = self.queue_cfg
+        generator = torch.Generator().manual_seed(self.seed * 1000 + task_id)
+        sampler = ClassBalancedTriplanarSampler(self.radius, int(cfg["samples_per_volume"]), generator)
+        return tio.Queue(
+            PreparedSubjectsDataset(self.subjects[task]["train"]),
+            max_length=int(cfg["max_length"]),
+            samples_per_volume=int(cfg["samples_per_volume"]),
+            sampler=sampler,
+            num_workers=int(cfg.get("num_workers", 0)),
+            shuffle_subjects=True,
+            shuffle_patches=True,
+        )
+
+    def train_batches(self) -> TaskBalancedBatches:
+        """The endless stream of task-balanced mini-batches."""
+        queues = {task: self._queue(task, i) for i, task in enumerate(self.tasks)}
+        generator = torch.Generator().manual_seed(self.seed + 20_000)
+        return TaskBalancedBatches(queues, self.label_space, self.batch_size, generator)
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(self.train_batches(), batch_size=None, num_workers=0)
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(self.val_set, batch_size=max(self.batch_size, 64), shuffle=False)

@@ -1,0 +1,74 @@
+"""Per-modality preprocessing: canonical orientation, isotropic resampling, sampling mask, intensities.
+
+Every subject passes through the same pipeline once, when the data module is set
+up (not at every queue refill):
+
+1. ``tio.ToCanonical``: reorient to RAS, so planes mean the same thing in every image
+   (axial: z fixed; sagittal: x fixed; coronal: y fixed).
+2. ``tio.Resample(spacing)``: the task's isotropic spacing (linear for images,
+   nearest neighbour for labels).
+3. :class:`SamplingMask`: voxels whose *stored* intensity is above the task's
+   threshold (the paper samples voxels with intensity > 0) become eligible sample
+   centres. It runs before intensity normalisation on purpose.
+4. The task's intensity transforms from the config (TorchIO transforms instantiated
+   by Hydra): MRI is rescaled per image so the 0.5th/99.5th intensity percentiles map
+   to 0/1; CT is clamped to [-1024, 3071] HU and mapped linearly so -1024 HU is 0
+   and every 1000 HU adds 1.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torchio as tio
+
+#: Keys of the images every mtseg subject holds.
+IMAGE = "image"
+LABEL = "label"
+SAMPLING_MASK = "sampling_mask"
+
+
+class SamplingMask(tio.Transform):
+    """Add a label map that marks voxels with intensity above ``threshold``.
+
+    Args:
+        threshold: Voxels with ``image > threshold`` may be sample centres.
+        image_key: Name of the intensity image in the subject.
+    """
+
+    def __init__(self, threshold: float, image_key: str = IMAGE, **kwargs):
+        super().__init__(**kwargs)
+        self.threshold = float(threshold)
+        self.image_key = image_key
+        self.args_names = ["threshold", "image_key"]
+
+    def apply_transform(self, subject: tio.Subject) -> tio.Subject:
+        image = subject[self.image_key]
+        mask = (image.data > self.threshold).to(torch.uint8)
+        subject.add_image(tio.LabelMap(tensor=mask, affine=image.affine), SAMPLING_MASK)
+        return subject
+
+
+def build_preprocessing(
+    spacing: float,
+    threshold: float,
+    intensity_transforms: Sequence[tio.Transform],
+) -> tio.Compose:
+    """The preprocessing pipeline of one task.
+
+    Args:
+        spacing: Isotropic target spacing in mm.
+        threshold: Stored-intensity threshold for sample centres.
+        intensity_transforms: Intensity normalisation applied last.
+    """
+    if spacing <= 0:
+        raise ValueError(f"spacing must be positive, got {spacing}")
+    return tio.Compose(
+        [
+            tio.ToCanonical(),
+            tio.Resample(float(spacing)),
+            SamplingMask(threshold),
+            *intensity_transforms,
+        ]
+    )

@@ -1,0 +1,102 @@
+"""The triplanar CNN of Moeskops et al. (2016), §3.1."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+#: Order of the three planes along the channel axis of a triplanar sample.
+PLANES: tuple[str, ...] = ("axial", "sagittal", "coronal")
+
+
+class TriplanarCNN(nn.Module):
+    """Shared 2-D convolution stack applied to three orthogonal patches, then a 1×1 head.
+
+    ``depth`` valid 3×3 convolutions (BN + ELU after each, no padding, no pooling)
+    shrink a ``(2·depth+1)²`` patch to 1×1 with ``width`` features. The same stack
+    (same weights) sees the axial, sagittal and coronal patch; their ``3·width``
+    features pass through two fully connected layers of ``fc_width`` nodes, written
+    as 1×1 convolutions with BN, ELU and dropout, and a 1×1 convolution to the
+    classes. Because nothing pools and the head is 1×1, :meth:`features` also runs
+    on whole padded slices, giving the features of every voxel at once.
+
+    Args:
+        n_classes: Output channels (background plus every task's classes).
+        depth: Number of 3×3 convolution layers; the paper uses 25.
+        width: Kernels per convolution layer; the paper uses 32.
+        fc_width: Nodes in each of the two fully connected layers; the paper uses 192.
+        dropout: Dropout probability on the fully connected layers.
+    """
+
+    def __init__(
+        self,
+        n_classes: int,
+        depth: int = 25,
+        width: int = 32,
+        fc_width: int = 192,
+        dropout: float = 0.5,
+    ):
+        super().__init__()
+        if n_classes < 2:
+            raise ValueError(f"model needs at least 2 classes, got n_classes={n_classes}")
+        if depth < 1 or width < 1 or fc_width < 1:
+            raise ValueError(
+                f"model.depth, model.width and model.fc_width must be positive, "
+                f"got {depth}, {width}, {fc_width}"
+            )
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"model.dropout must lie in [0, 1), got {dropout}")
+        self.n_classes = n_classes
+        self.depth = depth
+        self.width = width
+        layers: list[nn.Module] = []
+        for index in range(depth):
+            layers += [
+                nn.Conv2d(1 if index == 0 else width, width, kernel_size=3, bias=False),
+                nn.BatchNorm2d(width),
+                nn.ELU(inplace=True),
+            ]
+        self.features = nn.Sequential(*layers)
+        self.head = nn.Sequential(
+            nn.Conv2d(len(PLANES) * width, fc_width, kernel_size=1, bias=False),
+            nn.BatchNorm2d(fc_width),
+            nn.ELU(inplace=True),
+            nn.Dropout(dropout),
+            nn.Conv2d(fc_width, fc_width, kernel_size=1, bias=False),
+            nn.BatchNorm2d(fc_width),
+            nn.ELU(inplace=True),
+            nn.Dropout(dropout),
+            nn.Conv2d(fc_width, n_classes, kernel_size=1),
+        )
+
+    @property
+    def patch_size(self) -> int:
+        """Side of the square input patch that the stack reduces to one voxel."""
+        return 2 * self.depth + 1
+
+    @property
+    def n_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def forward(self, planes: torch.Tensor) -> torch.Tensor:
+        """Class logits for a batch of triplanar samples.
+
+        Args:
+            planes: ``(B, 3, P, P)`` axial, sagittal and coronal patches, ``P = patch_size``.
+
+        Returns:
+            ``(B, n_classes)`` logits; softmax gives the class probabilities.
+        """
+        batch, n_planes, height, width = planes.shape
+        if n_planes != len(PLANES) or height != self.patch_size or width != self.patch_size:
+            raise ValueError(
+                f"expected planes of shape (B, 3, {self.patch_size}, {self.patch_size}), "
+                f"got {tuple(planes.shape)}"
+            )
+        features = self.features(planes.reshape(batch * n_planes, 1, height, width))
+        features = features.reshape(batch, n_planes * self.width, 1, 1)
+        return self.head(features).flatten(1)
+
+    def classify_features(self, features: torch.Tensor) -> torch.Tensor:
+        """Apply the 1×1 head to gathered features ``(N, 3·width, ...)``; returns logits."""
+        return self.head(features)
