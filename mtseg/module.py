@@ -26,9 +26,10 @@ def dice_from_confusion(confusion: torch.Tensor) -> torch.Tensor:
 class MultiTaskSegmentationModule(L.LightningModule):
     """One :class:`TriplanarCNN` for all tasks of an experiment.
 
-    Batches are dicts with ``planes`` ``(B, 3, P, P)``, ``target`` (output channel)
-    and ``task`` (index into the experiment's tasks); validation batches add a
-    ``weight`` per voxel so that weighted counts estimate whole-image Dice.
+    Training batches are dicts with ``planes`` ``(B, 3, P, P)``, ``target`` (output
+    channel) and ``task`` (index into the experiment's tasks); validation batches are
+    ``(planes, target, task)`` tuples of class-balanced held-out voxels, on which Dice
+    is computed per task and class.
 
     Args:
         tasks: Tasks of the experiment; fixes the output channels.
@@ -51,7 +52,7 @@ class MultiTaskSegmentationModule(L.LightningModule):
         self.lr = lr
         self.betas = tuple(betas)
         n = self.label_space.n_classes
-        self.register_buffer("val_confusion", torch.zeros(len(self.label_space.tasks), n, n, dtype=torch.float64), persistent=False)
+        self.register_buffer("val_confusion", torch.zeros(len(self.label_space.tasks), n, n, dtype=torch.long), persistent=False)
         self.val_loss_sum = 0.0
         self.val_count = 0
         #: Dice per (task, class name) of the latest validation.
@@ -77,19 +78,19 @@ class MultiTaskSegmentationModule(L.LightningModule):
         return loss
 
     def validation_step(self, batch: Sequence[torch.Tensor], batch_index: int) -> None:
-        planes, target, weight, task = batch
+        planes, target, task = batch
         logits = self.net(planes)
         self.val_loss_sum += float(F.cross_entropy(logits, target, reduction="sum"))
         self.val_count += len(target)
         n = self.label_space.n_classes
         flat = (task * n + target) * n + logits.argmax(1)
-        self.val_confusion += torch.bincount(flat, weights=weight.double(), minlength=self.val_confusion.numel()).view_as(self.val_confusion)
+        self.val_confusion += torch.bincount(flat, minlength=self.val_confusion.numel()).view_as(self.val_confusion)
 
     def on_validation_epoch_end(self) -> None:
         self.latest_dice = {}
         names = self.label_space.class_names
         for task_id, task in enumerate(self.label_space.tasks):
-            dice = dice_from_confusion(self.val_confusion[task_id])
+            dice = dice_from_confusion(self.val_confusion[task_id].double())
             for cls in self.label_space.task_classes(task)[1:]:
                 self.latest_dice[(task, names[cls])] = float(dice[cls])
                 self.log(f"val/dice/{task}/{names[cls]}", dice[cls].float())

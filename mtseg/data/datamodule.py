@@ -206,31 +206,28 @@ class MultiTaskDataModule(L.LightningDataModule):
             )
 
     def _draw_validation_set(self) -> TensorDataset:
-        """Class-stratified held-out voxels with weights that make Dice an estimate over whole images.
+        """``val_samples_per_class`` held-out voxels of every class of every task, drawn once.
 
-        A sampled voxel of class ``c`` stands for ``N_c / n_c`` voxels, where ``N_c`` is the number
-        of eligible class-``c`` voxels in the task's held-out images and ``n_c`` the number drawn.
+        Each class's draw is split over the task's held-out images in proportion to the
+        image's voxels of that class. Dice on this class-balanced set measures how well
+        classes are told apart; it is not the Dice of whole images (rare classes weigh as
+        much as background here).
         """
         generator = torch.Generator().manual_seed(self.seed + 10_000)
-        planes, targets, weights, task_ids = [], [], [], []
+        planes, targets, task_ids = [], [], []
         for task_id, task in enumerate(self.tasks):
             lut = self.label_space.global_labels(task)
             subjects = self.subjects[task]["test"]
             totals = sum(s[CLASS_INDEX].counts for s in subjects)
             for cls in torch.nonzero(totals).flatten().tolist():
-                per_subject = torch.stack([s[CLASS_INDEX].counts[cls] for s in subjects])
-                # Split the draw over subjects in proportion to their voxels of this class.
-                share = torch.multinomial(per_subject.double(), self.val_samples_per_class, True, generator=generator)
-                for subject_index, n in enumerate(torch.bincount(share, minlength=len(subjects)).tolist()):
-                    if n == 0:
-                        continue
-                    subject = subjects[subject_index]
-                    centres = subject[CLASS_INDEX].draw(cls, n, generator)
-                    planes.append(subject[VOLUME].extract(centres))
-                    targets.append(torch.full((n,), int(lut[cls])))
-                    weights.append(torch.full((n,), float(totals[cls]) / self.val_samples_per_class))
-                    task_ids.append(torch.full((n,), task_id))
-        return TensorDataset(torch.cat(planes), torch.cat(targets), torch.cat(weights), torch.cat(task_ids))
+                per_subject = torch.stack([s[CLASS_INDEX].counts[cls] for s in subjects]).double()
+                share = torch.multinomial(per_subject, self.val_samples_per_class, True, generator=generator)
+                for subject, n in zip(subjects, torch.bincount(share, minlength=len(subjects)).tolist()):
+                    if n:
+                        planes.append(subject[VOLUME].extract(subject[CLASS_INDEX].draw(cls, n, generator)))
+                        targets.append(torch.full((n,), int(lut[cls])))
+                        task_ids.append(torch.full((n,), task_id))
+        return TensorDataset(torch.cat(planes), torch.cat(targets), torch.cat(task_ids))
 
     def _queue(self, task: str, task_id: int) -> tio.Queue:
         cfg = self.queue_cfg

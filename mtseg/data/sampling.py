@@ -16,6 +16,7 @@ from collections.abc import Generator
 import numpy as np
 import torch
 import torchio as tio
+from torchio.data.sampler import RandomSampler
 
 from mtseg.data.triplanar import TriplanarVolume
 
@@ -91,7 +92,7 @@ class ClassVoxelIndex:
         return torch.cat(found)
 
 
-class ClassBalancedTriplanarSampler(tio.data.RandomSampler):
+class ClassBalancedTriplanarSampler(RandomSampler):
     """Yield triplanar samples of one subject, each present class equally often.
 
     Every block of ``block_size`` samples holds ``block_size // K`` samples of each of

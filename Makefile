@@ -1,0 +1,42 @@
+# mtseg: `make demo` trains experiment 7 on phantoms; `make test` runs the tests.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# The CPU build by default, so a CPU-only machine never pulls a multi-GB CUDA build.
+# On a GPU machine: make install TORCH_SPEC="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128"
+TORCH_SPEC ?= torch==2.13.0
+EXPERIMENT ?= brain_breast_cta
+EXPERIMENTS := brain,breast,cta,brain_breast,brain_cta,breast_cta,brain_breast_cta
+ARGS ?=
+
+.PHONY: install demo train sweep test bench clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet $(TORCH_SPEC)
+	$(BIN)/pip install --quiet -e ".[dev]"
+	touch $@
+
+# Experiment 7 on phantoms with the CPU-sized schedule of conf/preset/cpu_demo.yaml.
+demo: install
+	$(BIN)/python -m mtseg.train +experiment=brain_breast_cta +preset=cpu_demo $(ARGS)
+
+# One experiment: make train EXPERIMENT=brain ARGS="schedule.minibatches_per_task=5000"
+train: install
+	$(BIN)/python -m mtseg.train +experiment=$(EXPERIMENT) $(ARGS)
+
+# All seven experiments as one Hydra multirun (one W&B group); repeats: ARGS="seed=0,1"
+sweep: install
+	$(BIN)/python -m mtseg.train -m +experiment=$(EXPERIMENTS) $(ARGS)
+
+test: install
+	WANDB_MODE=disabled $(BIN)/python -m pytest -q
+
+bench: install
+	$(BIN)/python -m mtseg.bench $(ARGS)
+
+clean:
+	rm -rf outputs .pytest_cache

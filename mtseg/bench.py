@@ -1,0 +1,150 @@
+"""Benchmarks (``make bench``): data pipeline versus training step, measured in one run.
+
+``python -m mtseg.bench`` prints
+
+1. samples/s of the data pipeline alone: three tasks, one TorchIO queue each,
+   class- and task-balanced mini-batches of 210, on the phantoms of the default config;
+2. samples/s of one training step (forward, backward, Adam) of the paper-sized
+   TriplanarCNN on the same mini-batches, on this machine's CPU or GPU;
+3. their ratio (the pipeline should be at least 10x faster, so sampling never limits training);
+4. the pipeline on one CTA-sized volume (512x512x400 by default): preprocessing time,
+   class-index time, samples/s and peak memory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import time
+
+import numpy as np
+import torch
+import torchio as tio
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+
+from mtseg import CONFIG_DIR
+from mtseg.data.datamodule import MultiTaskDataModule, PreparedSubjectsDataset, prepare_subject
+from mtseg.data.preprocessing import build_preprocessing
+from mtseg.data.sampling import ClassBalancedTriplanarSampler
+from mtseg.module import MultiTaskSegmentationModule
+
+
+def peak_rss_gib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+def time_pipeline(batches, n: int) -> float:
+    """Samples per second of drawing ``n`` mini-batches (after one warm-up batch)."""
+    next(batches)
+    start = time.perf_counter()
+    samples = sum(len(next(batches)["target"]) for _ in range(n))
+    return samples / (time.perf_counter() - start)
+
+
+def time_training(module: MultiTaskSegmentationModule, batches, n: int, device: torch.device) -> float:
+    """Samples per second of ``n`` optimiser steps (after one warm-up step)."""
+    module.to(device).train()
+    optimizer = module.configure_optimizers()
+    data = [next(batches) for _ in range(n + 1)]
+    seconds, samples = 0.0, 0
+    for index, batch in enumerate(data):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        planes, target = batch["planes"].to(device), batch["target"].to(device)
+        loss = torch.nn.functional.cross_entropy(module(planes), target)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        if index > 0:
+            seconds += time.perf_counter() - start
+            samples += len(target)
+    return samples / seconds
+
+
+def cta_sized_volume(shape: tuple[int, int, int], seed: int = 0) -> tio.Subject:
+    """A CTA-sized subject in HU: noise, a padded field of view and thin tubes as the rare class."""
+    rng = np.random.default_rng(seed)
+    hu = rng.normal(0.0, 300.0, size=shape).astype(np.float32)
+    x, y = np.meshgrid(np.arange(shape[0]), np.arange(shape[1]), indexing="ij")
+    outside = (x - shape[0] / 2) ** 2 + (y - shape[1] / 2) ** 2 > (0.48 * min(shape[:2])) ** 2
+    hu[outside] = -2048.0
+    label = np.zeros(shape, dtype=np.uint8)
+    for _ in range(20):  # straight vessel segments of a few voxels' radius
+        centre = rng.uniform(0.3, 0.7, size=3) * shape
+        direction = rng.normal(size=3)
+        direction /= np.linalg.norm(direction)
+        points = centre + np.outer(np.linspace(-60, 60, 240), direction)
+        for px, py, pz in np.round(points).astype(int):
+            label[max(px - 3, 0) : px + 3, max(py - 3, 0) : py + 3, max(pz - 3, 0) : pz + 3] = 1
+    hu[label == 1] = 400.0
+    affine = np.diag([0.45, 0.45, 0.45, 1.0])
+    return tio.Subject(
+        image=tio.ScalarImage(tensor=torch.from_numpy(hu)[None], affine=affine),
+        label=tio.LabelMap(tensor=torch.from_numpy(label)[None], affine=affine),
+        task="cta",
+        case_id="cta_sized",
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--pipeline-batches", type=int, default=40, help="mini-batches timed for the pipeline")
+    parser.add_argument("--train-steps", type=int, default=3, help="optimiser steps timed")
+    parser.add_argument("--batch-size", type=int, default=210)
+    parser.add_argument("--cta-shape", type=int, nargs=3, default=(512, 512, 400))
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides of the train config, e.g. model.depth=3")
+    args = parser.parse_args(argv)
+
+    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose("train", overrides=[f"data.batch_size={args.batch_size}", *args.overrides])
+    tasks = ["brain", "breast", "cta"]
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    print(f"device: {device} ({torch.cuda.get_device_name() if device.type == 'cuda' else f'{torch.get_num_threads()} CPU threads'})")
+
+    datamodule: MultiTaskDataModule = instantiate(cfg.data, tasks=tasks, radius=cfg.model.depth, seed=0)
+    start = time.perf_counter()
+    datamodule.prepare_data()
+    datamodule.setup()
+    print(f"phantoms ready and preprocessed in {time.perf_counter() - start:.1f} s")
+    batches = iter(datamodule.train_batches())
+    pipeline = time_pipeline(batches, args.pipeline_batches)
+    module = MultiTaskSegmentationModule(tasks, model=dict(cfg.model))
+    training = time_training(module, batches, args.train_steps, device)
+    print(f"pipeline (3 tasks, TorchIO queues, balanced, batch {args.batch_size}): {pipeline:9.1f} samples/s")
+    print(f"training step (TriplanarCNN, {module.n_params} parameters):      {training:9.1f} samples/s")
+    print(f"ratio pipeline / training step: {pipeline / training:.1f}x")
+
+    shape = tuple(args.cta_shape)
+    subject = cta_sized_volume(shape)
+    pre = cfg.data.cta.preprocessing
+    start = time.perf_counter()
+    preprocessing = build_preprocessing(pre.spacing, pre.threshold, [instantiate(t) for t in pre.intensity])
+    prepared = prepare_subject(subject, preprocessing, cfg.model.depth, cfg.data.pad_value)
+    prepare_seconds = time.perf_counter() - start
+    del subject
+    sampler = ClassBalancedTriplanarSampler(cfg.model.depth, block_size=cfg.data.queue.samples_per_volume)
+    queue = tio.Queue(
+        PreparedSubjectsDataset([prepared]),
+        max_length=cfg.data.queue.max_length,
+        samples_per_volume=cfg.data.queue.samples_per_volume,
+        sampler=sampler,
+        num_workers=0,
+    )
+    n = 20 * args.batch_size
+    queue[0]
+    start = time.perf_counter()
+    for _ in range(n):
+        queue[0]
+    rate = n / (time.perf_counter() - start)
+    print(
+        f"CTA-sized volume {shape}: preprocessing + class index {prepare_seconds:.1f} s once, "
+        f"queue {rate:.1f} samples/s, peak RSS {peak_rss_gib():.2f} GiB"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,58 @@
+"""Every experiment composes, and the documented knobs exist under their names."""
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from mtseg import CONFIG_DIR
+from mtseg.tasks import EXPERIMENTS, LabelSpace, experiment_tasks
+
+
+def compose_train(overrides):
+    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
+        return compose("train", overrides=overrides, return_hydra_config=True)
+
+
+@pytest.mark.parametrize("experiment", list(EXPERIMENTS))
+def test_each_experiment_composes(experiment):
+    cfg = compose_train([f"+experiment={experiment}"])
+    assert cfg.experiment == experiment
+    tasks = experiment_tasks(cfg.experiment)
+    assert all(task in cfg.data for task in tasks)
+    assert LabelSpace(tasks).n_classes == {"brain": 7, "breast": 2, "cta": 2, "brain_breast": 8, "brain_cta": 8, "breast_cta": 3, "brain_breast_cta": 9}[experiment]
+
+
+def test_paper_defaults_and_knob_names():
+    cfg = compose_train(["+experiment=brain_breast_cta"])
+    assert cfg.schedule.minibatches_per_task == 25000
+    assert cfg.schedule.eval_every == 1000
+    assert cfg.data.batch_size == 210
+    assert (cfg.model.depth, cfg.model.width, cfg.model.fc_width) == (25, 32, 192)
+    assert cfg.trainer.accelerator == "auto"
+    assert cfg.seed == 0
+    assert cfg.data.brain.preprocessing.threshold == 0.0
+    assert cfg.data.brain.preprocessing.spacing == 1.0
+    assert cfg.data.cta.preprocessing.spacing == 0.45
+    assert cfg.logger.wandb.name == "brain_breast_cta"
+    # every knob is overridable from the command line under the documented name
+    knobs = [
+        "schedule.minibatches_per_task=7", "schedule.eval_every=3", "data.batch_size=42",
+        "model.depth=3", "model.width=8", "model.fc_width=16", "seed=5", "trainer.accelerator=cpu",
+    ]
+    cfg = compose_train(["+experiment=brain"] + knobs)
+    for knob in knobs:
+        key, value = knob.split("=")
+        assert str(OmegaConf.select(cfg, key)) == value
+
+
+def test_cpu_demo_preset_keeps_the_papers_network():
+    cfg = compose_train(["+experiment=brain_breast_cta", "+preset=cpu_demo"])
+    assert (cfg.model.depth, cfg.model.width, cfg.model.fc_width) == (25, 32, 192)
+    assert cfg.schedule.minibatches_per_task < 25000
+
+
+def test_sweep_subdirectories_are_named_by_experiment_and_seed():
+    cfg = compose_train(["+experiment=cta", "seed=3"])
+    subdir = OmegaConf.to_container(cfg.hydra.sweep, resolve=False)["subdir"]
+    assert subdir == "${hydra.job.num}-${experiment}-seed${seed}"
+    assert cfg.hydra.sweep.dir.startswith(cfg.output_dir)

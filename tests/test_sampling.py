@@ -1,0 +1,189 @@
+"""Triplanar geometry, class voxel index, and the balance of the sampled mini-batches."""
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+import torchio as tio
+
+from mtseg.data.datamodule import MultiTaskDataModule, TaskBalancedBatches
+from mtseg.data.sampling import ClassBalancedTriplanarSampler, ClassVoxelIndex, stratified_counts
+from mtseg.data.triplanar import TriplanarVolume
+from mtseg.tasks import LabelSpace
+
+RADIUS = 3
+
+
+def test_triplanar_planes_match_slices_of_the_padded_volume():
+    volume = torch.randn(9, 11, 13)
+    tv = TriplanarVolume(volume, RADIUS, pad_value=-5.0)
+    padded = F.pad(volume, (RADIUS,) * 6, value=-5.0)
+    for i, j, k in [(0, 0, 0), (8, 10, 12), (4, 0, 12), (3, 7, 2)]:
+        planes = tv.extract(torch.tensor([(i * 11 + j) * 13 + k]))[0]
+        I, J, K = i + RADIUS, j + RADIUS, k + RADIUS
+        s = slice(-RADIUS, RADIUS + 1)
+        assert torch.equal(planes[0], padded[I - RADIUS : I + RADIUS + 1, J - RADIUS : J + RADIUS + 1, K])
+        assert torch.equal(planes[1], padded[I, J - RADIUS : J + RADIUS + 1, K - RADIUS : K + RADIUS + 1])
+        assert torch.equal(planes[2], padded[I - RADIUS : I + RADIUS + 1, J, K - RADIUS : K + RADIUS + 1])
+        assert planes[:, RADIUS, RADIUS].eq(volume[i, j, k]).all()
+
+
+@pytest.mark.parametrize("listed_fraction", [0.0, 1.0])  # rejection sampling / explicit lists
+def test_class_voxel_index_draws_only_eligible_voxels_of_the_class(listed_fraction):
+    generator = torch.Generator().manual_seed(0)
+    label = torch.randint(0, 3, (10, 12, 14))
+    eligible = torch.rand(10, 12, 14, generator=generator) > 0.3
+    index = ClassVoxelIndex(label, eligible, n_classes=4, listed_fraction=listed_fraction)
+    assert index.present.tolist() == [0, 1, 2]
+    assert index.counts.tolist() == [int(((label == c) & eligible).sum()) for c in range(4)]
+    for cls in range(3):
+        drawn = index.draw(cls, 500, generator)
+        assert len(drawn) == 500
+        assert (label.flatten()[drawn] == cls).all() and eligible.flatten()[drawn].all()
+    with pytest.raises(ValueError, match="no eligible voxel"):
+        index.draw(3, 1, generator)
+
+
+def test_stratified_counts_spread_the_remainder_at_random():
+    generator = torch.Generator().manual_seed(0)
+    seen = torch.zeros(3)
+    for _ in range(300):
+        counts = stratified_counts(100, 3, generator)
+        assert counts.sum() == 100 and set(counts.tolist()) == {33, 34}
+        seen += counts
+    assert (seen / seen.sum() - 1 / 3).abs().max() < 0.005
+
+
+def toy_subject(task: str, n_classes: int, shape=(16, 18, 20), seed=0, rare=None) -> tio.Subject:
+    """Labels in blocks, one rare class; intensity > 0 only where x > 2 (so centres must avoid x <= 2)."""
+    rng = np.random.default_rng(seed)
+    label = rng.integers(0, n_classes, size=shape)
+    if rare is not None:
+        label[label == rare] = 0
+        label[8, 9, 10:12] = rare  # two voxels
+    image = rng.uniform(1.0, 2.0, size=shape).astype(np.float32)
+    image[:3] = -1.0
+    label[:3] = 0
+    affine = np.diag([1.0, 1.0, 1.0, 1.0])
+    return tio.Subject(
+        image=tio.ScalarImage(tensor=torch.from_numpy(image)[None], affine=affine),
+        label=tio.LabelMap(tensor=torch.from_numpy(label)[None], affine=affine),
+        task=task,
+        case_id=f"{task}_{seed}",
+    )
+
+
+def toy_datamodule(tasks, batch_size=42, rare=None, subjects=None):
+    sources = {
+        t: {"source": "in-memory", "preprocessing": {"spacing": 1.0, "threshold": 0.0, "intensity": []}}
+        for t in tasks
+    }
+    dm = MultiTaskDataModule(
+        tasks=tasks,
+        root="unused",
+        batch_size=batch_size,
+        radius=RADIUS,
+        pad_value=0.0,
+        queue={"max_length": 300, "samples_per_volume": 60},
+        val_samples_per_class=20,
+        seed=0,
+        **sources,
+    )
+    n_classes = {"brain": 7, "breast": 2, "cta": 2}
+    if subjects is None:
+        subjects = {
+            t: {
+                "train": [toy_subject(t, n_classes[t], seed=s, rare=rare if t == "brain" else None) for s in range(3)],
+                "test": [toy_subject(t, n_classes[t], seed=10)],
+            }
+            for t in tasks
+        }
+    dm._raw_subjects = lambda: subjects
+    return dm
+
+
+def test_minibatches_are_balanced_over_tasks_and_classes_with_centres_above_threshold():
+    tasks = ["brain", "breast", "cta"]
+    dm = toy_datamodule(tasks, batch_size=100, rare=4)  # 100 does not divide over 3 tasks nor 7 classes
+    dm.setup()
+    space = LabelSpace(tasks)
+    batches = iter(dm.train_batches())
+    n_batches = 150
+    task_counts = torch.zeros(3)
+    class_counts = torch.zeros(space.n_classes)
+    per_task_background = torch.zeros(3)
+    for _ in range(n_batches):
+        batch = next(batches)
+        assert batch["planes"].shape == (100, 3, 2 * RADIUS + 1, 2 * RADIUS + 1)
+        centre = batch["planes"][:, :, RADIUS, RADIUS]
+        assert (centre > 0).all(), "a centre at or below the intensity threshold"
+        assert (centre[:, 0] == centre[:, 1]).all() and (centre[:, 1] == centre[:, 2]).all()
+        counts = torch.bincount(batch["task"], minlength=3)
+        assert set(counts.tolist()) <= {33, 34}
+        task_counts += counts
+        class_counts += torch.bincount(batch["target"], minlength=space.n_classes)
+        per_task_background += torch.bincount(batch["task"][batch["target"] == 0], minlength=3)
+        # a sample's class belongs to its task
+        for task_id, task in enumerate(space.tasks):
+            allowed = set(space.task_classes(task))
+            assert set(batch["target"][batch["task"] == task_id].tolist()) <= allowed
+    total = 100 * n_batches
+    assert (task_counts / total - 1 / 3).abs().max() < 0.01
+    # within each task every class (background included, the 2-voxel rare class too) is equally likely
+    expected = {"brain": total / 3 / 7, "breast": total / 3 / 2, "cta": total / 3 / 2}
+    for task_id, task in enumerate(space.tasks):
+        observed = [per_task_background[task_id]] + [class_counts[c] for c in space.task_classes(task)[1:]]
+        for value in observed:
+            # binomial standard error is ~1-2 % here; allow 5 %
+            assert abs(float(value) / expected[task] - 1) < 0.05, (task, observed)
+
+
+def test_queue_sampler_yields_labels_that_match_the_centre_voxel():
+    dm = toy_datamodule(["brain"])
+    dm.setup()
+    subject = dm.subjects["brain"]["train"][0]
+    sampler = ClassBalancedTriplanarSampler(RADIUS, block_size=70)
+    label = subject["label"].data[0]
+    image = subject["image"].data[0]
+    samples = [s for _, s in zip(range(70), sampler(subject))]
+    labels = torch.stack([s["label"] for s in samples])
+    assert torch.bincount(labels, minlength=7).tolist() == [10] * 7  # one block: exactly balanced
+    for s in samples:
+        value = s["planes"][0, RADIUS, RADIUS]
+        matches = (image == value) & (label == s["label"])
+        assert matches.any()
+
+
+def test_validation_set_is_class_balanced_and_fixed():
+    dm = toy_datamodule(["brain", "cta"])
+    dm.setup()
+    planes, target, task = dm.val_set.tensors
+    assert planes.shape[1:] == (3, 7, 7)
+    # 20 voxels of each of the 7 brain classes, then 20 of each of the 2 CTA classes
+    assert torch.bincount(target[task == 0], minlength=8).tolist() == [20] * 7 + [0]
+    assert torch.bincount(target[task == 1], minlength=8).tolist() == [20] + [0] * 6 + [20]
+    assert (planes[:, :, RADIUS, RADIUS] > 0).all()
+    again = toy_datamodule(["brain", "cta"])
+    again.setup()
+    assert torch.equal(again.val_set.tensors[0], planes)
+
+
+def test_bad_data_fails_before_training():
+    with pytest.raises(ValueError, match="smaller than the number of tasks"):
+        toy_datamodule(["brain", "breast", "cta"], batch_size=2)
+    # a class with no training voxel
+    subjects = {"breast": {"train": [toy_subject("breast", 1)], "test": [toy_subject("breast", 2)]}}
+    with pytest.raises(ValueError, match=r"no sample voxel of class\(es\) \['pectoral_muscle'\]"):
+        toy_datamodule(["breast"], subjects=subjects).setup()
+    # no training images
+    with pytest.raises(ValueError, match="task 'breast' has no training images"):
+        toy_datamodule(["breast"], subjects={"breast": {"train": [], "test": []}}).setup()
+    # a threshold that leaves nothing
+    dm = toy_datamodule(["cta"])
+    dm.sources["cta"]["preprocessing"]["threshold"] = 10.0
+    with pytest.raises(ValueError, match="no voxel has intensity above the sampling threshold"):
+        dm.setup()
+    # labels outside the task's classes
+    subjects = {"cta": {"train": [toy_subject("cta", 5)], "test": [toy_subject("cta", 2)]}}
+    with pytest.raises(ValueError, match="outside 0..1"):
+        toy_datamodule(["cta"], subjects=subjects).setup()
