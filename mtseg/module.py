@@ -95,6 +95,8 @@ class MultiTaskSegmentationModule(L.LightningModule):
                 self.latest_dice[(task, names[cls])] = float(dice[cls])
                 self.log(f"val/dice/{task}/{names[cls]}", dice[cls].float())
         self.log("val/loss", self.val_loss_sum / max(self.val_count, 1))
+        # the paper's x-axis (Fig. 2); choose it as the x-axis of W&B panels
+        self.log("minibatches_per_task", self.global_step / len(self.label_space.tasks))
         self.val_confusion.zero_()
         self.val_loss_sum, self.val_count = 0.0, 0
 

@@ -7,7 +7,6 @@ config in ``conf/``, fits, and writes the run directory: ``.hydra/``,
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 import warnings
@@ -53,7 +52,7 @@ def train(cfg: DictConfig) -> dict:
     if torch.cuda.is_available():
         torch.set_float32_matmul_precision("high")
 
-    module = MultiTaskSegmentationModule(tasks, model=OmegaConf.to_container(cfg.model), **cfg.optimizer)
+    module = MultiTaskSegmentationModule(list(tasks), model=OmegaConf.to_container(cfg.model), **OmegaConf.to_container(cfg.optimizer))
     log.info(
         "Experiment %s: TriplanarCNN with %d parameters, %d outputs %s",
         cfg.experiment, module.n_params, module.label_space.n_classes, list(module.label_space.class_names),

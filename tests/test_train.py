@@ -73,7 +73,8 @@ def test_a_final_evaluation_runs_when_the_schedule_ends_between_evaluations(tmp_
 def test_unknown_experiment_is_a_clear_error(tmp_path):
     env = os.environ | {"WANDB_MODE": "disabled", "MTSEG_OUTPUT_DIR": str(tmp_path / "out")}
     result = subprocess.run(
-        [sys.executable, "-m", "mtseg.train", "experiment=liver", *TINY], env=env, capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "mtseg.train", "+experiment=liver", *TINY], env=env, capture_output=True, text=True, timeout=120
     )
     assert result.returncode != 0
-    assert "Unknown experiment 'liver'" in result.stderr
+    assert "Could not find 'experiment/liver'" in result.stderr
+    assert "brain_breast_cta" in result.stderr  # the available experiments are listed

@@ -81,6 +81,8 @@ class TaskBalancedBatches(IterableDataset):
         label_space: The experiment's merged classes.
         batch_size: Samples per mini-batch.
         generator: Random generator for the remainder.
+        length: Mini-batches per pass (the training run's steps, so progress bars know
+            the total); ``None`` for an endless stream.
     """
 
     def __init__(
@@ -89,16 +91,25 @@ class TaskBalancedBatches(IterableDataset):
         label_space: LabelSpace,
         batch_size: int,
         generator: torch.Generator,
+        length: int | None = None,
     ):
         self.queues = dict(queues)
+        self.length = length
         self.tasks = list(self.queues)
         self.label_space = label_space
         self.luts = {task: label_space.global_labels(task) for task in self.tasks}
         self.batch_size = batch_size
         self.generator = generator
 
+    def __len__(self) -> int:
+        if self.length is None:
+            raise TypeError("an endless stream of mini-batches has no length")
+        return self.length
+
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
-        while True:
+        drawn = 0
+        while self.length is None or drawn < self.length:
+            drawn += 1
             counts = stratified_counts(self.batch_size, len(self.tasks), self.generator)
             planes, targets, task_ids = [], [], []
             for task_id, (task, count) in enumerate(zip(self.tasks, counts.tolist())):
@@ -243,14 +254,15 @@ class MultiTaskDataModule(L.LightningDataModule):
             shuffle_patches=True,
         )
 
-    def train_batches(self) -> TaskBalancedBatches:
-        """The endless stream of task-balanced mini-batches."""
+    def train_batches(self, length: int | None = None) -> TaskBalancedBatches:
+        """Task-balanced mini-batches: ``length`` of them, or endless when ``None``."""
         queues = {task: self._queue(task, i) for i, task in enumerate(self.tasks)}
         generator = torch.Generator().manual_seed(self.seed + 20_000)
-        return TaskBalancedBatches(queues, self.label_space, self.batch_size, generator)
+        return TaskBalancedBatches(queues, self.label_space, self.batch_size, generator, length)
 
     def train_dataloader(self) -> DataLoader:
-        return DataLoader(self.train_batches(), batch_size=None, num_workers=0)
+        max_steps = self.trainer.max_steps if self.trainer is not None else -1
+        return DataLoader(self.train_batches(max_steps if max_steps > 0 else None), batch_size=None, num_workers=0)
 
     def val_dataloader(self) -> DataLoader:
         return DataLoader(self.val_set, batch_size=max(self.batch_size, 64), shuffle=False)

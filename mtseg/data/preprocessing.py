@@ -5,8 +5,9 @@ up (not at every queue refill):
 
 1. ``tio.ToCanonical``: reorient to RAS, so planes mean the same thing in every image
    (axial: z fixed; sagittal: x fixed; coronal: y fixed).
-2. ``tio.Resample(spacing)``: the task's isotropic spacing (linear for images,
-   nearest neighbour for labels).
+2. :class:`ResampleToSpacing`: ``tio.Resample`` to the task's isotropic spacing
+   (linear for images, nearest neighbour for labels), skipped for images already at
+   that spacing so their grid is kept voxel for voxel.
 3. :class:`SamplingMask`: voxels whose *stored* intensity is above the task's
    threshold (the paper samples voxels with intensity > 0) become eligible sample
    centres. It runs before intensity normalisation on purpose.
@@ -50,6 +51,29 @@ class SamplingMask(tio.Transform):
         return subject
 
 
+class ResampleToSpacing(tio.Transform):
+    """``tio.Resample`` to an isotropic spacing, unless the subject already has it.
+
+    Args:
+        spacing: Target isotropic spacing in mm.
+        tolerance: Relative difference below which spacings count as equal.
+    """
+
+    def __init__(self, spacing: float, tolerance: float = 1e-4, **kwargs):
+        super().__init__(**kwargs)
+        if spacing <= 0:
+            raise ValueError(f"spacing must be positive, got {spacing}")
+        self.spacing = float(spacing)
+        self.tolerance = tolerance
+        self.args_names = ["spacing", "tolerance"]
+
+    def apply_transform(self, subject: tio.Subject) -> tio.Subject:
+        spacings = [image.spacing for image in subject.get_images(intensity_only=False)]
+        if all(abs(s - self.spacing) <= self.tolerance * self.spacing for sp in spacings for s in sp):
+            return subject
+        return tio.Resample(self.spacing)(subject)
+
+
 def build_preprocessing(
     spacing: float,
     threshold: float,
@@ -62,12 +86,10 @@ def build_preprocessing(
         threshold: Stored-intensity threshold for sample centres.
         intensity_transforms: Intensity normalisation applied last.
     """
-    if spacing <= 0:
-        raise ValueError(f"spacing must be positive, got {spacing}")
     return tio.Compose(
         [
             tio.ToCanonical(),
-            tio.Resample(float(spacing)),
+            ResampleToSpacing(spacing),
             SamplingMask(threshold),
             *intensity_transforms,
         ]

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torchio as tio
 
+from mtseg.data.phantoms import write_phantom_dataset
 from mtseg.data.preprocessing import IMAGE, LABEL
 
 
@@ -41,8 +42,6 @@ def phantom_subjects(task: str, cfg: Mapping, root: str | Path) -> dict[str, lis
     for key in ("n_train", "n_test"):
         if int(cfg[key]) < 1:
             raise ValueError(f"data.{task}.{key} must be at least 1, got {cfg[key]}")
-    from mtseg.data.phantoms import write_phantom_dataset
-
     n_train = int(cfg["n_train"])
     pairs = write_phantom_dataset(
         task,
