@@ -17,7 +17,7 @@ def write_summary(
     cfg: DictConfig,
     steps: int,
     train_seconds: float,
-    baseline: Mapping[str, Mapping[str, float]],
+    baseline: Mapping[str, Mapping[str, Mapping[str, float]]],
 ) -> dict:
     """Write ``summary.json``: experiment, classes, parameter count, schedule and final Dice."""
     space = module.label_space
@@ -35,8 +35,8 @@ def write_summary(
         "minibatches_per_task": steps / len(space.tasks),
         "train_seconds": round(train_seconds, 1),
         "dice": dice,
-        "intensity_baseline_dice": {t: dict(baseline[t]) for t in space.tasks},
-        "dice_on": "class-balanced held-out voxels (val_samples_per_class per class and task)",
+        "dice_on": "class-balanced held-out voxels (data.val_samples_per_class per class and task)",
+        "intensity_baseline_dice": {kind: {t: dict(v[t]) for t in space.tasks} for kind, v in baseline.items()},
     }
     path.write_text(json.dumps(summary, indent=2, allow_nan=True))
     return summary
@@ -47,10 +47,17 @@ def dice_table(summary: Mapping) -> str:
     lines = [
         f"Final Dice, experiment {summary['experiment']} "
         f"({summary['minibatches_per_task']:.0f} mini-batches per task of {summary['batch_size']} samples)",
-        f"{'task':<8} {'class':<28} {'CNN':>7} {'intensity-only':>15}",
+        f"{'':<37} {'CNN':>8} {'intensity-only':>15} {'intensity-only':>15}",
+        f"{'task':<8} {'class':<28} {'voxels*':>8} {'voxels*':>15} {'whole images':>15}",
     ]
+    baseline = summary["intensity_baseline_dice"]
     for task, classes in summary["dice"].items():
         for cls, value in classes.items():
-            base = summary["intensity_baseline_dice"][task].get(cls, float("nan"))
-            lines.append(f"{task:<8} {cls:<28} {value:>7.3f} {base:>15.3f}")
+            voxels = baseline["balanced_voxels"][task].get(cls, float("nan"))
+            images = baseline["whole_images"][task].get(cls, float("nan"))
+            lines.append(f"{task:<8} {cls:<28} {value:>8.3f} {voxels:>15.3f} {images:>15.3f}")
+    lines.append(
+        "* Dice on the class-balanced held-out voxels of validation (every class equally often); "
+        "whole images: every eligible held-out voxel, pooled per task."
+    )
     return "\n".join(lines)

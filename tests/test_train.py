@@ -41,7 +41,9 @@ def test_train_writes_the_run_directory(tmp_path):
     assert summary["n_params"] > 0
     assert set(summary["dice"]) == {"brain", "breast", "cta"}
     assert set(summary["dice"]["brain"]) == set(summary["class_names"][1:7])
-    assert set(summary["intensity_baseline_dice"]["cta"]) == {"coronary_arteries"}
+    for kind in ("balanced_voxels", "whole_images"):
+        assert set(summary["intensity_baseline_dice"][kind]["cta"]) == {"coronary_arteries"}
+        assert set(summary["intensity_baseline_dice"][kind]["brain"]) == set(summary["dice"]["brain"])
 
     with (run / "metrics.csv").open() as handle:
         rows = list(csv.DictReader(handle))
