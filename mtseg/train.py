@@ -75,6 +75,7 @@ def train(cfg: DictConfig) -> dict:
         cfg.trainer,
         max_steps=steps,
         val_check_interval=val_every,
+        max_epochs=1,  # the training loader yields exactly max_steps mini-batches
         check_val_every_n_epoch=None,
         logger=logger,
         callbacks=callbacks,

@@ -10,8 +10,8 @@ from mtseg.data.datamodule import MultiTaskDataModule, TaskBalancedBatches
 from mtseg.data.sampling import ClassBalancedTriplanarSampler, ClassVoxelIndex, stratified_counts
 from mtseg.data.triplanar import TriplanarVolume
 from mtseg.tasks import LabelSpace
+from toydata import RADIUS, toy_datamodule, toy_subject
 
-RADIUS = 3
 
 
 def test_triplanar_planes_match_slices_of_the_padded_volume():
@@ -52,54 +52,6 @@ def test_stratified_counts_spread_the_remainder_at_random():
         assert counts.sum() == 100 and set(counts.tolist()) == {33, 34}
         seen += counts
     assert (seen / seen.sum() - 1 / 3).abs().max() < 0.005
-
-
-def toy_subject(task: str, n_classes: int, shape=(16, 18, 20), seed=0, rare=None) -> tio.Subject:
-    """Labels in blocks, one rare class; intensity > 0 only where x > 2 (so centres must avoid x <= 2)."""
-    rng = np.random.default_rng(seed)
-    label = rng.integers(0, n_classes, size=shape)
-    if rare is not None:
-        label[label == rare] = 0
-        label[8, 9, 10:12] = rare  # two voxels
-    image = rng.uniform(1.0, 2.0, size=shape).astype(np.float32)
-    image[:3] = -1.0
-    label[:3] = 0
-    affine = np.diag([1.0, 1.0, 1.0, 1.0])
-    return tio.Subject(
-        image=tio.ScalarImage(tensor=torch.from_numpy(image)[None], affine=affine),
-        label=tio.LabelMap(tensor=torch.from_numpy(label)[None], affine=affine),
-        task=task,
-        case_id=f"{task}_{seed}",
-    )
-
-
-def toy_datamodule(tasks, batch_size=42, rare=None, subjects=None):
-    sources = {
-        t: {"source": "in-memory", "preprocessing": {"spacing": 1.0, "threshold": 0.0, "intensity": []}}
-        for t in tasks
-    }
-    dm = MultiTaskDataModule(
-        tasks=tasks,
-        root="unused",
-        batch_size=batch_size,
-        radius=RADIUS,
-        pad_value=0.0,
-        queue={"max_length": 300, "samples_per_volume": 60},
-        val_samples_per_class=20,
-        seed=0,
-        **sources,
-    )
-    n_classes = {"brain": 7, "breast": 2, "cta": 2}
-    if subjects is None:
-        subjects = {
-            t: {
-                "train": [toy_subject(t, n_classes[t], seed=s, rare=rare if t == "brain" else None) for s in range(3)],
-                "test": [toy_subject(t, n_classes[t], seed=10)],
-            }
-            for t in tasks
-        }
-    dm._raw_subjects = lambda: subjects
-    return dm
 
 
 def test_minibatches_are_balanced_over_tasks_and_classes_with_centres_above_threshold():

@@ -57,7 +57,7 @@ class ClassVoxelIndex:
         if n_classes >= NOT_ELIGIBLE:
             raise ValueError(f"at most {NOT_ELIGIBLE - 1} classes are supported")
         label = label.reshape(-1)
-        if int(label.max()) >= n_classes or int(label.min()) < 0:
+        if int(label.max()) >= n_classes or (label.is_signed() and int(label.min()) < 0):
             raise ValueError(
                 f"label values must lie in 0..{n_classes - 1}, found {int(label.min())}..{int(label.max())}"
             )

@@ -48,6 +48,12 @@ class TriplanarVolume:
         )
 
     @property
+    def interior(self) -> torch.Tensor:
+        """The unpadded volume, as a view of the padded one (no copy)."""
+        r = self.radius
+        return self.padded[r:-r, r:-r, r:-r]
+
+    @property
     def patch_size(self) -> int:
         return 2 * self.radius + 1
 
