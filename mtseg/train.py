@@ -48,11 +48,16 @@ def train(cfg: DictConfig) -> dict:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     tasks = experiment_tasks(cfg.experiment)
     n_tasks = len(tasks)
+    for knob in ("minibatches_per_task", "eval_every"):
+        if cfg.schedule[knob] < 1:
+            raise ValueError(f"schedule.{knob} must be at least 1, got {cfg.schedule[knob]}")
     L.seed_everything(cfg.seed, workers=True)
     if torch.cuda.is_available():
         torch.set_float32_matmul_precision("high")
 
-    module = MultiTaskSegmentationModule(list(tasks), model=OmegaConf.to_container(cfg.model), **OmegaConf.to_container(cfg.optimizer))
+    module = MultiTaskSegmentationModule(
+        list(tasks), model=OmegaConf.to_container(cfg.model), **OmegaConf.to_container(cfg.optimizer)
+    )
     log.info(
         "Experiment %s: TriplanarCNN with %d parameters, %d outputs %s",
         cfg.experiment, module.n_params, module.label_space.n_classes, list(module.label_space.class_names),
@@ -81,23 +86,26 @@ def train(cfg: DictConfig) -> dict:
         callbacks=callbacks,
         default_root_dir=str(run_dir),
     )
-    start = time.perf_counter()
-    trainer.fit(module, datamodule=datamodule)
-    if trainer.global_step % val_every:  # the schedule did not end on an evaluation
-        trainer.validate(module, datamodule=datamodule, verbose=False)
-        trainer.save_checkpoint(checkpoints / "last.ckpt")
-    seconds = time.perf_counter() - start
-
-    summary = write_summary(
-        run_dir / "summary.json",
-        module=module,
-        cfg=cfg,
-        steps=trainer.global_step,
-        train_seconds=seconds,
-        baseline=baseline,
-    )
+    try:
+        start = time.perf_counter()
+        trainer.fit(module, datamodule=datamodule)
+        if trainer.global_step % val_every:  # the schedule did not end on an evaluation
+            trainer.validate(module, datamodule=datamodule, verbose=False)
+            trainer.save_checkpoint(checkpoints / "last.ckpt")
+        seconds = time.perf_counter() - start
+        summary = write_summary(
+            run_dir / "summary.json",
+            module=module,
+            cfg=cfg,
+            steps=trainer.global_step,
+            train_seconds=seconds,
+            baseline=baseline,
+        )
+        logger.experiment.summary.update({"n_params": module.n_params})
+    finally:
+        # Close the W&B run, so the next job of a Hydra multirun starts its own.
+        logger.experiment.finish()
     print(dice_table(summary))
-    logger.experiment.summary.update({"n_params": module.n_params})
     return summary
 
 

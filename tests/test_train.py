@@ -80,3 +80,21 @@ def test_unknown_experiment_is_a_clear_error(tmp_path):
     assert result.returncode != 0
     assert "Could not find 'experiment/liver'" in result.stderr
     assert "brain_breast_cta" in result.stderr  # the available experiments are listed
+
+
+def test_a_sweep_gives_each_experiment_its_own_run_and_wandb_run_in_one_group(tmp_path):
+    env_out = tmp_path / "out"
+    command = [sys.executable, "-m", "mtseg.train", "-m", "+experiment=brain,breast_cta", *TINY, "schedule.minibatches_per_task=1"]
+    env = os.environ | {"WANDB_MODE": "offline", "MTSEG_DATA_DIR": str(tmp_path / "data"), "MTSEG_OUTPUT_DIR": str(env_out)}
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+    (sweep,) = (env_out / "sweeps").iterdir()
+    runs = sorted(p.name for p in sweep.iterdir() if p.is_dir())
+    assert runs == ["0-brain-seed0", "1-breast_cta-seed0"]
+    classes = [json.loads((sweep / run / "summary.json").read_text())["n_classes"] for run in runs]
+    assert classes == [7, 3]
+    for run in runs:
+        (offline,) = (sweep / run / "wandb").glob("offline-run-*")
+        (record,) = offline.glob("run-*.wandb")
+        # the W&B group is the sweep folder's name, stored in the run record
+        assert sweep.name.encode() in record.read_bytes()
