@@ -8,12 +8,17 @@
    TriplanarCNN on the same mini-batches, on this machine's CPU or GPU;
 3. their ratio (the pipeline should be at least 10x faster, so sampling never limits training);
 4. the pipeline on one CTA-sized volume (512x512x400 by default): preprocessing time,
-   class-index time, samples/s and peak memory.
+   class-index time, samples/s and peak memory;
+5. dense whole-volume inference versus patch-by-patch inference of the paper-sized
+   network on a 64^3 volume (voxels/s of each and their ratio), and, with
+   ``--large-shape 256 256 256``, dense voxels/s and peak memory on a large volume
+   (measured in a separate process, so the peak is the inference's own).
 """
 
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import resource
 import time
 
@@ -27,6 +32,9 @@ from mtseg import CONFIG_DIR
 from mtseg.data.datamodule import MultiTaskDataModule, PreparedSubjectsDataset, prepare_subject
 from mtseg.data.preprocessing import build_preprocessing
 from mtseg.data.sampling import ClassBalancedTriplanarSampler
+from mtseg.data.triplanar import TriplanarVolume
+from mtseg.inference import dense_probabilities, patch_probabilities
+from mtseg.model import TriplanarCNN
 from mtseg.module import MultiTaskSegmentationModule
 
 
@@ -64,6 +72,39 @@ def time_training(module: MultiTaskSegmentationModule, batches, n: int, device: 
     return samples / seconds
 
 
+def time_dense_versus_patches(shape: tuple[int, int, int], n_patch_voxels: int, slab: int) -> tuple[float, float]:
+    """Voxels/s of dense inference over the whole volume and of patch-by-patch inference on a sample of voxels."""
+    net = TriplanarCNN(9).eval()
+    volume = TriplanarVolume(torch.rand(shape), net.depth)
+    start = time.perf_counter()
+    dense_probabilities(net, volume, slab=slab)
+    dense = volume.interior.numel() / (time.perf_counter() - start)
+    voxels = torch.randint(volume.interior.numel(), (n_patch_voxels,))
+    start = time.perf_counter()
+    patch_probabilities(net, volume, voxels)
+    patches = n_patch_voxels / (time.perf_counter() - start)
+    return dense, patches
+
+
+def _dense_in_child(shape: tuple[int, int, int], slab: int, results) -> None:
+    net = TriplanarCNN(9).eval()
+    volume = TriplanarVolume(torch.rand(shape), net.depth)
+    start = time.perf_counter()
+    dense_probabilities(net, volume, slab=slab, progress=True)
+    results.put((volume.interior.numel() / (time.perf_counter() - start), peak_rss_gib()))
+
+
+def time_dense_large(shape: tuple[int, int, int], slab: int) -> tuple[float, float]:
+    """Voxels/s and peak RSS (GiB) of dense inference on one large volume, in a fresh process."""
+    context = multiprocessing.get_context("spawn")
+    results = context.Queue()
+    child = context.Process(target=_dense_in_child, args=(shape, slab, results))
+    child.start()
+    rate, peak = results.get()
+    child.join()
+    return rate, peak
+
+
 def cta_sized_volume(shape: tuple[int, int, int], seed: int = 0) -> tio.Subject:
     """A CTA-sized subject in HU: noise, a padded field of view and thin tubes as the rare class."""
     rng = np.random.default_rng(seed)
@@ -95,6 +136,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--train-steps", type=int, default=3, help="optimiser steps timed")
     parser.add_argument("--batch-size", type=int, default=210)
     parser.add_argument("--cta-shape", type=int, nargs=3, default=(512, 512, 400))
+    parser.add_argument("--dense-shape", type=int, nargs=3, default=(64, 64, 64))
+    parser.add_argument("--patch-voxels", type=int, default=1024, help="voxels timed patch by patch")
+    parser.add_argument("--slab", type=int, default=32, help="axial slices per slab of dense inference")
+    parser.add_argument("--large-shape", type=int, nargs=3, default=None, help="e.g. 256 256 256 (takes minutes on a CPU)")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides of the train config, e.g. model.depth=3")
     args = parser.parse_args(argv)
 
@@ -111,7 +156,9 @@ def main(argv: list[str] | None = None) -> None:
     print(f"phantoms ready and preprocessed in {time.perf_counter() - start:.1f} s")
     batches = iter(datamodule.train_batches())
     queue_cfg = cfg.data.queue
-    n_batches = -(-args.refills * queue_cfg.max_length * len(tasks) // args.batch_size)
+    # a fill stops when the queue is full or every training image has been visited
+    per_fill = min(queue_cfg.max_length, min(len(datamodule.subjects[t]["train"]) for t in tasks) * queue_cfg.samples_per_volume)
+    n_batches = -(-args.refills * per_fill * len(tasks) // args.batch_size)
     pipeline = time_pipeline(batches, n_batches)
     module = MultiTaskSegmentationModule(tasks, model=dict(cfg.model))
     training = time_training(module, batches, args.train_steps, device)
@@ -138,7 +185,7 @@ def main(argv: list[str] | None = None) -> None:
         sampler=sampler,
         num_workers=0,
     )
-    n = args.refills * cfg.data.queue.max_length
+    n = args.refills * min(cfg.data.queue.max_length, cfg.data.queue.samples_per_volume)
     start = time.perf_counter()
     for _ in range(n):
         queue[0]
@@ -147,6 +194,15 @@ def main(argv: list[str] | None = None) -> None:
         f"CTA-sized volume {shape}: preprocessing + class index {prepare_seconds:.1f} s once, "
         f"queue {rate:.1f} samples/s over {args.refills} fills, peak RSS of the process {peak_rss_gib():.2f} GiB"
     )
+
+    dense, patches = time_dense_versus_patches(tuple(args.dense_shape), args.patch_voxels, args.slab)
+    print(
+        f"inference on {tuple(args.dense_shape)}: dense {dense:.0f} voxels/s, patch by patch {patches:.1f} voxels/s "
+        f"(on {args.patch_voxels} voxels), ratio {dense / patches:.0f}x"
+    )
+    if args.large_shape:
+        rate, peak = time_dense_large(tuple(args.large_shape), args.slab)
+        print(f"dense inference on {tuple(args.large_shape)}: {rate:.0f} voxels/s, peak RSS {peak:.2f} GiB")
 
 
 if __name__ == "__main__":

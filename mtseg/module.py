@@ -36,6 +36,9 @@ class MultiTaskSegmentationModule(L.LightningModule):
         model: Keyword arguments of :class:`TriplanarCNN` (``depth``, ``width``, ``fc_width``, ``dropout``).
         lr: Adam learning rate.
         betas: Adam betas.
+        preprocessing: Each task's ``preprocessing`` config (spacing, threshold, intensity
+            transforms), stored so a checkpoint says how to prepare a new image.
+        pad_value: Normalised intensity outside the volume used in training.
     """
 
     def __init__(
@@ -44,6 +47,8 @@ class MultiTaskSegmentationModule(L.LightningModule):
         model: Mapping[str, Any],
         lr: float = 1e-3,
         betas: Sequence[float] = (0.9, 0.999),
+        preprocessing: Mapping[str, Any] | None = None,
+        pad_value: float = 0.0,
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -109,4 +114,6 @@ class MultiTaskSegmentationModule(L.LightningModule):
             "task_modalities": {t: TASKS[t].modality for t in self.label_space.tasks},
             "n_params": self.n_params,
             "patch_size": self.net.patch_size,
+            "preprocessing": self.hparams.preprocessing,
+            "pad_value": self.hparams.pad_value,
         }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -21,9 +22,9 @@ def write_summary(
 ) -> dict:
     """Write ``summary.json``: experiment, classes, parameter count, schedule and final Dice."""
     space = module.label_space
-    dice: dict[str, dict[str, float]] = {task: {} for task in space.tasks}
+    dice: dict[str, dict[str, float | None]] = {task: {} for task in space.tasks}
     for (task, cls), value in module.latest_dice.items():
-        dice[task][cls] = value
+        dice[task][cls] = None if math.isnan(value) else value
     summary = {
         **space.to_dict(),
         "n_classes": space.n_classes,
@@ -36,9 +37,12 @@ def write_summary(
         "train_seconds": round(train_seconds, 1),
         "dice": dice,
         "dice_on": "class-balanced held-out voxels (data.val_samples_per_class per class and task)",
-        "intensity_baseline_dice": {kind: {t: dict(v[t]) for t in space.tasks} for kind, v in baseline.items()},
+        "intensity_baseline_dice": {
+            kind: {t: {c: None if math.isnan(d) else d for c, d in v[t].items()} for t in space.tasks}
+            for kind, v in baseline.items()
+        },
     }
-    path.write_text(json.dumps(summary, indent=2, allow_nan=True))
+    path.write_text(json.dumps(summary, indent=2, allow_nan=False))
     return summary
 
 
@@ -53,8 +57,8 @@ def dice_table(summary: Mapping) -> str:
     baseline = summary["intensity_baseline_dice"]
     for task, classes in summary["dice"].items():
         for cls, value in classes.items():
-            voxels = baseline["balanced_voxels"][task].get(cls, float("nan"))
-            images = baseline["whole_images"][task].get(cls, float("nan"))
+            row = (value, baseline["balanced_voxels"][task].get(cls), baseline["whole_images"][task].get(cls))
+            value, voxels, images = (float("nan") if v is None else v for v in row)
             lines.append(f"{task:<8} {cls:<28} {value:>8.3f} {voxels:>15.3f} {images:>15.3f}")
     lines.append(
         "* Dice on the class-balanced held-out voxels of validation (every class equally often); "

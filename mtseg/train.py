@@ -56,7 +56,11 @@ def train(cfg: DictConfig) -> dict:
         torch.set_float32_matmul_precision("high")
 
     module = MultiTaskSegmentationModule(
-        list(tasks), model=OmegaConf.to_container(cfg.model), **OmegaConf.to_container(cfg.optimizer)
+        list(tasks),
+        model=OmegaConf.to_container(cfg.model),
+        preprocessing={t: OmegaConf.to_container(cfg.data[t].preprocessing, resolve=True) for t in tasks},
+        pad_value=cfg.data.pad_value,
+        **OmegaConf.to_container(cfg.optimizer),
     )
     log.info(
         "Experiment %s: TriplanarCNN with %d parameters, %d outputs %s",
@@ -70,7 +74,9 @@ def train(cfg: DictConfig) -> dict:
     steps = cfg.schedule.minibatches_per_task * n_tasks
     val_every = min(cfg.schedule.eval_every, cfg.schedule.minibatches_per_task) * n_tasks
     logger = instantiate(cfg.logger.wandb, group=wandb_group(cfg), save_dir=str(run_dir))
-    logger.log_hyperparams({"n_params": module.n_params, "n_tasks": n_tasks, "max_steps": steps})
+    logger.log_hyperparams(
+        {**OmegaConf.to_container(cfg, resolve=True), "n_params": module.n_params, "n_tasks": n_tasks, "max_steps": steps}
+    )
     checkpoints = run_dir / "checkpoints"
     callbacks = [
         ModelCheckpoint(dirpath=checkpoints, filename="step{step:07d}", auto_insert_metric_name=False, save_top_k=-1, save_last=True),
@@ -91,6 +97,7 @@ def train(cfg: DictConfig) -> dict:
         trainer.fit(module, datamodule=datamodule)
         if trainer.global_step % val_every:  # the schedule did not end on an evaluation
             trainer.validate(module, datamodule=datamodule, verbose=False)
+            trainer.save_checkpoint(checkpoints / f"step{trainer.global_step:07d}.ckpt")
             trainer.save_checkpoint(checkpoints / "last.ckpt")
         seconds = time.perf_counter() - start
         summary = write_summary(

@@ -26,10 +26,11 @@ def test_patch_forward_shape_and_shared_stack():
     planes = torch.randn(5, 3, 7, 7)
     logits = model(planes)
     assert logits.shape == (5, 4)
-    # one stack for the three planes: swapping two planes changes only the order of
-    # the concatenated features, so the stack sees each plane with the same weights
-    single = model.features(planes[:, :1])
-    assert single.shape == (5, 8, 1, 1)
+    # one stack for the three planes: the head sees [stack(axial), stack(sagittal), stack(coronal)]
+    per_plane = [model.features(planes[:, p : p + 1]).flatten(1) for p in range(3)]
+    assert per_plane[0].shape == (5, 8)
+    head_input = torch.cat(per_plane, dim=1)[:, :, None, None]
+    torch.testing.assert_close(model.classify_features(head_input).flatten(1), logits)
     conv = [m for m in model.features if isinstance(m, torch.nn.Conv2d)]
     assert len(conv) == 3 and all(c.padding == (0, 0) for c in conv)
     assert conv[0].in_channels == 1

@@ -33,10 +33,16 @@ def test_grid_at_target_spacing_is_kept_voxel_for_voxel():
 def test_reorients_to_ras_and_resamples_to_isotropic_spacing():
     # LPS-like orientation with anisotropic voxels
     affine = np.array([[-1.0, 0, 0, 10], [0, -1.0, 0, 20], [0, 0, 2.0, -5], [0, 0, 0, 1]])
-    out = build_preprocessing(1.0, 0.0, MRI)(subject(affine))
+    original = subject(affine)
+    out = build_preprocessing(1.0, 0.0, [])(original)
     assert out["image"].orientation == ("R", "A", "S")
     np.testing.assert_allclose(out["image"].spacing, (1.0, 1.0, 1.0))
     assert out["image"].shape[1:] == (20, 16, 24)
+    # x and y were flipped: the voxel nearest a world point keeps its intensity
+    world = original["image"].affine @ np.array([3, 5, 4, 1.0])  # voxel (3, 5, 4), z centre at 2 mm spacing
+    index = np.round(np.linalg.solve(out["image"].affine, world)[:3]).astype(int)
+    assert index.tolist()[:2] == [20 - 1 - 3, 16 - 1 - 5]
+    assert out["label"].data[0][tuple(index)] == original["label"].data[0, 3, 5, 4]
     assert out["label"].shape == out["image"].shape == out[SAMPLING_MASK].shape
     assert set(torch.unique(out["label"].data).tolist()) <= {0, 1}
 

@@ -1,17 +1,19 @@
 """Triplanar geometry, class voxel index, and the balance of the sampled mini-batches."""
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-import torchio as tio
 
-from mtseg.data.datamodule import MultiTaskDataModule, TaskBalancedBatches
-from mtseg.data.sampling import ClassBalancedTriplanarSampler, ClassVoxelIndex, stratified_counts
+from mtseg.data.sampling import (
+    CLASS_QUOTA,
+    ClassBalancedTriplanarSampler,
+    ClassVoxelIndex,
+    class_quotas,
+    proportional_counts,
+)
 from mtseg.data.triplanar import TriplanarVolume
 from mtseg.tasks import LabelSpace
 from toydata import RADIUS, toy_datamodule, toy_subject
-
 
 
 def test_triplanar_planes_match_slices_of_the_padded_volume():
@@ -21,7 +23,6 @@ def test_triplanar_planes_match_slices_of_the_padded_volume():
     for i, j, k in [(0, 0, 0), (8, 10, 12), (4, 0, 12), (3, 7, 2)]:
         planes = tv.extract(torch.tensor([(i * 11 + j) * 13 + k]))[0]
         I, J, K = i + RADIUS, j + RADIUS, k + RADIUS
-        s = slice(-RADIUS, RADIUS + 1)
         assert torch.equal(planes[0], padded[I - RADIUS : I + RADIUS + 1, J - RADIUS : J + RADIUS + 1, K])
         assert torch.equal(planes[1], padded[I, J - RADIUS : J + RADIUS + 1, K - RADIUS : K + RADIUS + 1])
         assert torch.equal(planes[2], padded[I - RADIUS : I + RADIUS + 1, J, K - RADIUS : K + RADIUS + 1])
@@ -44,20 +45,39 @@ def test_class_voxel_index_draws_only_eligible_voxels_of_the_class(listed_fracti
         index.draw(3, 1, generator)
 
 
-def test_stratified_counts_spread_the_remainder_at_random():
+def test_equal_split_spreads_the_remainder_at_random():
     generator = torch.Generator().manual_seed(0)
     seen = torch.zeros(3)
     for _ in range(300):
-        counts = stratified_counts(100, 3, generator)
+        counts = proportional_counts(100, torch.ones(3), generator)
         assert counts.sum() == 100 and set(counts.tolist()) == {33, 34}
         seen += counts
     assert (seen / seen.sum() - 1 / 3).abs().max() < 0.005
 
 
+def test_proportional_split_follows_the_weights_and_skips_zero_weights():
+    generator = torch.Generator().manual_seed(1)
+    for _ in range(50):
+        counts = proportional_counts(10, torch.tensor([0.0, 1.0, 2.0, 0.0]), generator)
+        assert counts.sum() == 10 and counts[0] == 0 and counts[3] == 0
+        assert counts[1] in (3, 4) and counts[2] in (6, 7)
+
+
+def test_class_quotas_give_every_class_the_same_share_over_the_images():
+    counts = torch.tensor([[100, 5, 0], [100, 7, 0], [100, 9, 3]])  # class 2 only in the last image
+    quotas = class_quotas(counts, samples_per_volume=30)
+    assert torch.allclose(quotas.sum(0), torch.full((3,), 30.0, dtype=torch.float64))  # 3 images * 30 / 3 classes
+    assert quotas[0, 2] == 0 and quotas[2, 2] == 30
+
+
 def test_minibatches_are_balanced_over_tasks_and_classes_with_centres_above_threshold():
     tasks = ["brain", "breast", "cta"]
     dm = toy_datamodule(tasks, batch_size=100, rare=4)  # 100 does not divide over 3 tasks nor 7 classes
+    # the rare brain class (two voxels) in one training image of three: still sampled as often as the others
+    for subject in dm._raw_subjects()["brain"]["train"][1:]:
+        subject["label"].data[subject["label"].data == 4] = 0
     dm.setup()
+    assert [s[CLASS_QUOTA][4] > 0 for s in dm.subjects["brain"]["train"]] == [True, False, False]
     space = LabelSpace(tasks)
     batches = iter(dm.train_batches())
     n_batches = 150
@@ -95,15 +115,16 @@ def test_queue_sampler_yields_labels_that_match_the_centre_voxel():
     dm.setup()
     subject = dm.subjects["brain"]["train"][0]
     sampler = ClassBalancedTriplanarSampler(RADIUS, block_size=70)
-    label = subject["label"].data[0]
-    image = subject["image"].data[0]
-    samples = [s for _, s in zip(range(70), sampler(subject))]
-    labels = torch.stack([s["label"] for s in samples])
-    assert torch.bincount(labels, minlength=7).tolist() == [10] * 7  # one block: exactly balanced
-    for s in samples:
-        value = s["planes"][0, RADIUS, RADIUS]
-        matches = (image == value) & (label == s["label"])
-        assert matches.any()
+    label = subject["label"].data[0].flatten()
+    image = subject["image"].data[0].flatten()
+    planes, labels, centres = sampler.draw_block(subject, 70)
+    assert torch.bincount(labels, minlength=7).tolist() == [10] * 7  # one visit: exactly balanced
+    assert torch.equal(label[centres].long(), labels)
+    assert torch.equal(planes[:, :, RADIUS, RADIUS], image[centres][:, None].expand(70, 3))
+    # the queue's path yields the same kind of samples
+    assert subject["num_samples"] == 60  # the queue's samples per volume
+    samples = [s for _, s in zip(range(60), sampler(subject))]
+    assert set(torch.bincount(torch.stack([s["label"] for s in samples]), minlength=7).tolist()) == {8, 9}
 
 
 def test_validation_set_is_class_balanced_and_fixed():
@@ -118,6 +139,10 @@ def test_validation_set_is_class_balanced_and_fixed():
     again = toy_datamodule(["brain", "cta"])
     again.setup()
     assert torch.equal(again.val_set.tensors[0], planes)
+    # a task validates on the same voxels in every experiment that includes it
+    alone = toy_datamodule(["cta"])
+    alone.setup()
+    assert torch.equal(alone.val_set.tensors[0], planes[task == 1])
 
 
 def test_bad_data_fails_before_training():
@@ -135,6 +160,12 @@ def test_bad_data_fails_before_training():
     dm.sources["cta"]["preprocessing"]["threshold"] = 10.0
     with pytest.raises(ValueError, match="no voxel has intensity above the sampling threshold"):
         dm.setup()
+    # image and label on different grids
+    mismatched = toy_subject("cta", 2)
+    mismatched["label"].affine = mismatched["label"].affine @ torch.diag(torch.tensor([2.0, 1, 1, 1])).numpy()
+    subjects = {"cta": {"train": [mismatched], "test": [toy_subject("cta", 2)]}}
+    with pytest.raises(ValueError, match="differ in shape or geometry"):
+        toy_datamodule(["cta"], subjects=subjects).setup()
     # labels outside the task's classes
     subjects = {"cta": {"train": [toy_subject("cta", 5)], "test": [toy_subject("cta", 2)]}}
     with pytest.raises(ValueError, match="outside 0..1"):

@@ -58,6 +58,11 @@ def test_train_writes_the_run_directory(tmp_path):
     assert checkpoint["global_step"] == 12
     assert checkpoint[CHECKPOINT_KEY]["class_names"] == summary["class_names"]
     assert checkpoint[CHECKPOINT_KEY]["class_tasks"][7:] == ["breast", "cta"]
+    # a checkpoint says how to prepare a new image for it
+    assert checkpoint[CHECKPOINT_KEY]["preprocessing"]["cta"]["spacing"] == 0.45
+    assert checkpoint[CHECKPOINT_KEY]["preprocessing"]["brain"]["threshold"] == 0.0
+    assert checkpoint[CHECKPOINT_KEY]["pad_value"] == 0.0
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["last.ckpt", "step0000006.ckpt", "step0000012.ckpt"]
     module = MultiTaskSegmentationModule.load_from_checkpoint(run / "checkpoints" / "last.ckpt", map_location="cpu")
     assert module.label_space.n_classes == 9
     assert "Final Dice, experiment brain_breast_cta" in result.stdout
@@ -69,7 +74,17 @@ def test_a_final_evaluation_runs_when_the_schedule_ends_between_evaluations(tmp_
     with (tmp_path / "run" / "metrics.csv").open() as handle:
         steps = sorted({int(r["step"]) for r in csv.DictReader(handle)})
     assert steps == [2, 3]
-    assert (tmp_path / "run" / "checkpoints" / "last.ckpt").is_file()
+    checkpoints = tmp_path / "run" / "checkpoints"
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["last.ckpt", "step0000002.ckpt", "step0000003.ckpt"]
+    assert torch.load(checkpoints / "last.ckpt", weights_only=False)["global_step"] == 3
+
+
+def test_same_seed_same_learning_curve(tmp_path):
+    curves = []
+    for name in ("a", "b"):
+        run_train(tmp_path, "+experiment=breast_cta", "seed=3", "hydra.run.dir=" + str(tmp_path / name))
+        curves.append((tmp_path / name / "metrics.csv").read_text())
+    assert curves[0] == curves[1]
 
 
 def test_unknown_experiment_is_a_clear_error(tmp_path):

@@ -6,6 +6,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 import lightning as L
+import numpy as np
 import torch
 import torchio as tio
 from torch.utils.data import DataLoader, IterableDataset, TensorDataset
@@ -14,14 +15,26 @@ from tqdm.auto import tqdm
 from mtseg.data.preprocessing import IMAGE, LABEL, SAMPLING_MASK, build_preprocessing
 from mtseg.data.sampling import (
     CLASS_INDEX,
+    CLASS_QUOTA,
+    NUM_SAMPLES,
     VOLUME,
     ClassBalancedTriplanarSampler,
     ClassVoxelIndex,
-    stratified_counts,
+    class_quotas,
+    proportional_counts,
 )
 from mtseg.data.sources import task_subjects
 from mtseg.data.triplanar import TriplanarVolume
-from mtseg.tasks import LabelSpace, get_task
+from mtseg.tasks import TASK_ORDER, LabelSpace, get_task
+
+#: What a random generator is for; part of its seed.
+SAMPLING, VALIDATION, TASK_SPLIT = 0, 1, 2
+
+
+def seeded_generator(seed: int, *keys: int) -> torch.Generator:
+    """A generator seeded by ``seed`` and ``keys``, independent of every other combination."""
+    state = np.random.SeedSequence([seed, *keys]).generate_state(2, dtype=np.uint32)
+    return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
 
 
 class PreparedSubjectsDataset(tio.SubjectsDataset):
@@ -49,6 +62,14 @@ def prepare_subject(subject: tio.Subject, preprocessing: tio.Transform, radius: 
     path = subject[IMAGE].path
     if subject[IMAGE].data.ndim != 4 or subject[IMAGE].data.shape[0] != 1:
         raise ValueError(f"{path}: expected a single-channel 3-D image, got shape {tuple(subject[IMAGE].shape)}")
+    try:
+        subject.check_consistent_space()
+    except RuntimeError as error:
+        raise ValueError(
+            f"{path} and its label {subject[LABEL].path} differ in shape or geometry: "
+            f"{tuple(subject[IMAGE].shape)} vs {tuple(subject[LABEL].shape)}, affines\n"
+            f"{subject[IMAGE].affine}\nvs\n{subject[LABEL].affine}"
+        ) from error
     prepared = preprocessing(subject)
     task = get_task(prepared["task"])
     label = prepared[LABEL].data[0]
@@ -116,7 +137,7 @@ class TaskBalancedBatches(IterableDataset):
         drawn = 0
         while self.length is None or drawn < self.length:
             drawn += 1
-            counts = stratified_counts(self.batch_size, len(self.tasks), self.generator)
+            counts = proportional_counts(self.batch_size, torch.ones(len(self.tasks)), self.generator)
             planes, targets, task_ids = [], [], []
             for task_id, (task, count) in enumerate(zip(self.tasks, counts.tolist())):
                 queue = self.queues[task]
@@ -141,7 +162,7 @@ class MultiTaskDataModule(L.LightningDataModule):
         batch_size: Samples per mini-batch, split equally over the tasks.
         radius: Half the patch side, i.e. the model's depth.
         pad_value: Normalised intensity outside the volume.
-        queue: ``max_length``, ``samples_per_volume`` and ``num_workers`` of each TorchIO queue.
+        queue: ``max_length`` and ``samples_per_volume`` of each TorchIO queue.
         val_samples_per_class: Held-out voxels drawn per class and task for validation.
         seed: Seed of the sampling generators and the validation draw.
         **sources: Per-task data config, one keyword per task (``data.<task>``): source,
@@ -209,18 +230,25 @@ class MultiTaskDataModule(L.LightningDataModule):
                 ]
                 for split, subjects in splits.items()
             }
-            self._check_classes(task)
+            self._set_class_quotas(task)
         self.val_set = self._draw_validation_set()
 
-    def _check_classes(self, task: str) -> None:
-        counts = sum(s[CLASS_INDEX].counts for s in self.subjects[task]["train"])
+    def _set_class_quotas(self, task: str) -> None:
+        """Check every class has training voxels; give each training subject its class quotas."""
+        subjects = self.subjects[task]["train"]
+        counts = torch.stack([s[CLASS_INDEX].counts for s in subjects])
         names = ("background",) + get_task(task).classes
-        empty = [names[c] for c in range(len(names)) if counts[c] == 0]
+        empty = [names[c] for c in range(len(names)) if counts[:, c].sum() == 0]
         if empty:
             raise ValueError(
                 f"training images of task {task!r} contain no sample voxel of class(es) {empty} "
                 f"(above data.{task}.preprocessing.threshold); each class needs training samples"
             )
+        quotas = class_quotas(counts, int(self.queue_cfg["samples_per_volume"]))
+        for subject, quota in zip(subjects, quotas):
+            subject[CLASS_QUOTA] = quota
+            subject[NUM_SAMPLES] = max(1, round(float(quota.sum())))
+            subject.update_attributes()
 
     def _draw_validation_set(self) -> TensorDataset:
         """``val_samples_per_class`` held-out voxels of every class of every task, drawn once.
@@ -230,9 +258,11 @@ class MultiTaskDataModule(L.LightningDataModule):
         classes are told apart; it is not the Dice of whole images (rare classes weigh as
         much as background here).
         """
-        generator = torch.Generator().manual_seed(self.seed + 10_000)
         planes, targets, task_ids = [], [], []
         for task_id, task in enumerate(self.tasks):
+            # seeded by the task, not its place in the experiment: every experiment
+            # with this task validates on the same voxels
+            generator = seeded_generator(self.seed, VALIDATION, TASK_ORDER.index(task))
             lut = self.label_space.global_labels(task)
             subjects = self.subjects[task]["test"]
             totals = sum(s[CLASS_INDEX].counts for s in subjects)
@@ -246,24 +276,24 @@ class MultiTaskDataModule(L.LightningDataModule):
                         task_ids.append(torch.full((n,), task_id))
         return TensorDataset(torch.cat(planes), torch.cat(targets), torch.cat(task_ids))
 
-    def _queue(self, task: str, task_id: int) -> tio.Queue:
+    def _queue(self, task: str) -> tio.Queue:
         cfg = self.queue_cfg
-        generator = torch.Generator().manual_seed(self.seed * 1000 + task_id)
+        generator = seeded_generator(self.seed, SAMPLING, TASK_ORDER.index(task))
         sampler = ClassBalancedTriplanarSampler(self.radius, int(cfg["samples_per_volume"]), generator)
         return tio.Queue(
             PreparedSubjectsDataset(self.subjects[task]["train"]),
             max_length=int(cfg["max_length"]),
             samples_per_volume=int(cfg["samples_per_volume"]),
             sampler=sampler,
-            num_workers=int(cfg.get("num_workers", 0)),
+            num_workers=0,  # subjects are preprocessed in memory; workers would copy whole volumes
             shuffle_subjects=True,
             shuffle_patches=True,
         )
 
     def train_batches(self, length: int | None = None) -> TaskBalancedBatches:
         """Task-balanced mini-batches: ``length`` of them, or endless when ``None``."""
-        queues = {task: self._queue(task, i) for i, task in enumerate(self.tasks)}
-        generator = torch.Generator().manual_seed(self.seed + 20_000)
+        queues = {task: self._queue(task) for task in self.tasks}
+        generator = seeded_generator(self.seed, TASK_SPLIT)
         return TaskBalancedBatches(queues, self.label_space, self.batch_size, generator, length)
 
     def train_dataloader(self) -> DataLoader:

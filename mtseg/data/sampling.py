@@ -4,9 +4,14 @@ For each task, samples are drawn from all training images, balanced over the
 task's classes (background included), with centres only at voxels whose stored
 intensity is above the task's threshold. Where each class's eligible centres lie
 is worked out once per subject (:class:`ClassVoxelIndex`), never per refill: rare
-classes keep an explicit index list, frequent ones (such as background, which can
-cover most of a 512×512×400 CTA) are drawn by rejection from a one-byte code
-volume, so memory stays bounded at about 1 byte per voxel plus the rare voxels.
+classes keep an explicit list of their voxels (4 bytes each), frequent ones (such as
+background, which can cover most of a 512×512×400 CTA) are drawn by rejection from a
+one-byte code volume.
+
+Balance holds over the task's classes, not only over the classes of each image:
+:func:`class_quotas` gives each class the same number of samples per pass over the
+training images, split over the images that contain it, so a class found in one image
+of six is sampled as often as a class found in all six.
 """
 
 from __future__ import annotations
@@ -26,14 +31,43 @@ NOT_ELIGIBLE = 255
 VOLUME = "triplanar_volume"
 #: Subject key of the :class:`ClassVoxelIndex` built once per subject.
 CLASS_INDEX = "class_voxel_index"
+#: Subject key of the samples each class gets per visit of the subject (see :func:`class_quotas`).
+CLASS_QUOTA = "class_quota"
+#: TorchIO's subject attribute for the number of samples drawn per visit.
+NUM_SAMPLES = "num_samples"
 
 
-def stratified_counts(total: int, n_groups: int, generator: torch.Generator) -> torch.Tensor:
-    """Split ``total`` equally over ``n_groups``; the remainder goes to groups chosen at random."""
-    counts = torch.full((n_groups,), total // n_groups, dtype=torch.long)
-    extra = torch.randperm(n_groups, generator=generator)[: total % n_groups]
-    counts[extra] += 1
+def proportional_counts(total: int, weights: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Split ``total`` over groups in proportion to ``weights``.
+
+    Each group gets the integer part of its share; the remainder goes to groups drawn at
+    random (without replacement, in proportion to the fractional parts of their shares).
+    With equal weights this is ``total // n`` each plus one for ``total % n`` random groups.
+    """
+    share = total * weights.double() / weights.double().sum()
+    counts = share.floor().long()
+    remainder = total - int(counts.sum())
+    if remainder:
+        fractions = share - counts
+        counts[torch.multinomial(fractions, remainder, replacement=False, generator=generator)] += 1
     return counts
+
+
+def class_quotas(counts: torch.Tensor, samples_per_volume: int) -> torch.Tensor:
+    """Samples per visit of each image for each class, so every class is drawn equally often.
+
+    Args:
+        counts: ``(S, K)`` eligible voxels of each class in each of the ``S`` training images.
+        samples_per_volume: Samples per visit of an image that holds every class.
+
+    Returns:
+        ``(S, K)`` quotas: a pass over the ``S`` images yields ``S · samples_per_volume / K``
+        samples of each class, split equally over the images that contain it.
+    """
+    present = counts > 0
+    n_images, n_classes = counts.shape
+    per_class = n_images * samples_per_volume / n_classes
+    return present.double() * per_class / present.sum(0, keepdim=True).clamp_min(1)
 
 
 class ClassVoxelIndex:
@@ -44,7 +78,8 @@ class ClassVoxelIndex:
         eligible: ``(X, Y, Z)`` boolean mask of voxels that may be sample centres.
         n_classes: Number of task-local classes, background included.
         listed_fraction: Classes covering at most this fraction of the volume keep an
-            explicit list of their voxels; the others are drawn by rejection sampling.
+            explicit list of their voxels; the others are drawn by rejection sampling
+            (at least ``listed_fraction`` of the candidates are accepted).
     """
 
     def __init__(
@@ -52,7 +87,7 @@ class ClassVoxelIndex:
         label: torch.Tensor,
         eligible: torch.Tensor,
         n_classes: int,
-        listed_fraction: float = 0.25,
+        listed_fraction: float = 0.1,
     ):
         if n_classes >= NOT_ELIGIBLE:
             raise ValueError(f"at most {NOT_ELIGIBLE - 1} classes are supported")
@@ -62,10 +97,11 @@ class ClassVoxelIndex:
                 f"label values must lie in 0..{n_classes - 1}, found {int(label.min())}..{int(label.max())}"
             )
         self.codes = torch.where(eligible.reshape(-1).bool(), label, NOT_ELIGIBLE).to(torch.uint8)
-        self.counts = torch.bincount(self.codes.long(), minlength=NOT_ELIGIBLE + 1)[:n_classes]
+        self.counts = torch.bincount(self.codes, minlength=NOT_ELIGIBLE + 1)[:n_classes]
         self.fractions = self.counts.double() / self.codes.numel()
+        index_type = torch.int32 if self.codes.numel() < 2**31 else torch.int64
         self.listed: list[torch.Tensor | None] = [
-            torch.nonzero(self.codes == c).flatten() if 0 < f <= listed_fraction else None
+            torch.nonzero(self.codes == c).flatten().to(index_type) if 0 < f <= listed_fraction else None
             for c, f in enumerate(self.fractions.tolist())
         ]
 
@@ -80,7 +116,7 @@ class ClassVoxelIndex:
             raise ValueError(f"class {cls} has no eligible voxel in this volume")
         listed = self.listed[cls]
         if listed is not None:
-            return listed[torch.randint(len(listed), (n,), generator=generator)]
+            return listed[torch.randint(len(listed), (n,), generator=generator)].long()
         found: list[torch.Tensor] = []
         missing = n
         batch = int(np.ceil(1.2 * n / float(self.fractions[cls]))) + 16
@@ -93,19 +129,20 @@ class ClassVoxelIndex:
 
 
 class ClassBalancedTriplanarSampler(RandomSampler):
-    """Yield triplanar samples of one subject, each present class equally often.
+    """Yield triplanar samples of one subject, its classes in the proportions of its quotas.
 
-    Every block of ``block_size`` samples holds ``block_size // K`` samples of each of
-    the ``K`` classes present in the subject, the remainder going to classes drawn at
-    random, in random order. The subject must carry a :class:`TriplanarVolume` under
-    ``VOLUME`` and a :class:`ClassVoxelIndex` under ``CLASS_INDEX`` (the data module
-    builds both once). Samples are dicts with ``planes`` ``(3, P, P)`` and the
-    task-local ``label``.
+    A visit of a subject draws ``subject.num_samples`` samples (``block_size`` when the
+    subject has none), split over the classes in proportion to the subject's
+    :data:`CLASS_QUOTA` (equally over its present classes when it has none), the
+    remainder going to classes drawn at random; they are gathered in one vectorised
+    extraction and yielded in random order. The subject must carry a
+    :class:`TriplanarVolume` under :data:`VOLUME` and a :class:`ClassVoxelIndex` under
+    :data:`CLASS_INDEX` (the data module builds both once). Samples are dicts with
+    ``planes`` ``(3, P, P)`` and the task-local ``label``.
 
     Args:
         radius: Half the patch side; patches are ``2·radius + 1`` wide.
-        block_size: Samples gathered per vectorised extraction; use the queue's
-            samples per volume so each visit of a subject is exactly balanced.
+        block_size: Samples per visit of subjects without ``num_samples``.
         generator: Random generator, for reproducible sampling.
     """
 
@@ -119,23 +156,26 @@ class ClassBalancedTriplanarSampler(RandomSampler):
         self.block_size = block_size
         self.generator = generator if generator is not None else torch.Generator().manual_seed(0)
 
-    def draw_block(self, subject: tio.Subject, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """``n`` class-balanced samples of ``subject``: planes ``(n, 3, P, P)`` and labels ``(n,)``."""
+    def draw_block(self, subject: tio.Subject, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``n`` samples of ``subject``: planes ``(n, 3, P, P)``, labels ``(n,)`` and centres (flat voxel indices)."""
         index: ClassVoxelIndex = subject[CLASS_INDEX]
         volume: TriplanarVolume = subject[VOLUME]
         if volume.radius != self.radius:
             raise ValueError(f"volume padded for radius {volume.radius}, sampler wants {self.radius}")
-        present = index.present
-        counts = stratified_counts(n, len(present), self.generator)
-        labels = torch.repeat_interleave(present, counts)
+        quota = subject.get(CLASS_QUOTA)
+        weights = quota if quota is not None else (index.counts > 0).double()
+        counts = proportional_counts(n, weights, self.generator)
+        labels = torch.repeat_interleave(torch.arange(len(counts)), counts)
         centres = torch.cat(
-            [index.draw(int(c), int(k), self.generator) for c, k in zip(present, counts) if k > 0]
+            [index.draw(c, k, self.generator) for c, k in enumerate(counts.tolist()) if k > 0]
         )
         order = torch.randperm(n, generator=self.generator)
-        return volume.extract(centres[order]), labels[order]
+        centres = centres[order]
+        return volume.extract(centres), labels[order], centres
 
     def _generate_patches(self, subject: tio.Subject) -> Generator[dict]:
+        n = int(subject.get(NUM_SAMPLES, self.block_size))
         while True:
-            planes, labels = self.draw_block(subject, self.block_size)
+            planes, labels, _ = self.draw_block(subject, n)
             for sample_planes, label in zip(planes, labels):
                 yield {"planes": sample_planes, "label": label}
