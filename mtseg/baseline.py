@@ -11,8 +11,11 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
+import torch
+import torchio as tio
 
 from mtseg.data.preprocessing import IMAGE, LABEL, SAMPLING_MASK
+from mtseg.metrics import confusion_counts, dice_from_confusion
 from mtseg.tasks import get_task
 
 if TYPE_CHECKING:
@@ -148,29 +151,25 @@ def dice_per_class(prediction: np.ndarray, reference: np.ndarray, n_classes: int
     """
     prediction, reference = np.asarray(prediction), np.asarray(reference)
     if prediction.shape != reference.shape:
-        raise ValueError(
-            f"Prediction shape {prediction.shape} differs from reference shape {reference.shape}"
-        )
+        raise ValueError(f"Prediction shape {prediction.shape} differs from reference shape {reference.shape}")
     for name, labels in (("prediction", prediction), ("reference", reference)):
         if labels.size and (labels.min() < 0 or labels.max() >= n_classes):
             raise ValueError(f"{name} labels must lie in 0..{n_classes - 1}")
-    confusion = np.bincount(
-        reference.ravel().astype(np.int64) * n_classes + prediction.ravel().astype(np.int64),
-        minlength=n_classes * n_classes,
-    ).reshape(n_classes, n_classes)
-    overlap = np.diag(confusion)[1:].astype(np.float64)
-    total = (confusion.sum(axis=0) + confusion.sum(axis=1))[1:].astype(np.float64)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(total > 0, 2 * overlap / total, np.nan)
+    confusion = confusion_counts(torch.from_numpy(reference), torch.from_numpy(prediction), n_classes)
+    return dice_from_confusion(confusion)[1:].numpy()
 
 
-def intensity_baseline_dice(datamodule: MultiTaskDataModule) -> dict[str, dict[str, dict[str, float]]]:
+def intensity_baseline_dice(
+    datamodule: MultiTaskDataModule, max_fit_voxels: int = 2_000_000, chunk: int = 8_000_000
+) -> dict[str, dict[str, dict[str, float]]]:
     """Dice per class of an :class:`IntensityClassifier` per task, to set beside the CNN's.
 
-    Fitted on the task's preprocessed training images (eligible voxels only), it is scored
-    on the same class-balanced held-out voxels as the CNN's validation (``"balanced_voxels"``)
-    and on every eligible voxel of the held-out images, pooled (``"whole_images"``). It is
-    told the task (the CNN is not), so it is a generous baseline.
+    Fitted on the task's preprocessed training images (eligible voxels only, at most
+    ``max_fit_voxels`` drawn at random per image), it is scored on the same class-balanced
+    held-out voxels as the CNN's validation (``"balanced_voxels"``) and on every eligible
+    voxel of the held-out images, pooled (``"whole_images"``, counted ``chunk`` voxels at a
+    time so memory stays bounded on CTA-sized images). It is told the task (the CNN is not),
+    so it is a generous baseline.
 
     Returns:
         ``{"balanced_voxels" | "whole_images": {task: {class name: dice}}}``.
@@ -178,27 +177,38 @@ def intensity_baseline_dice(datamodule: MultiTaskDataModule) -> dict[str, dict[s
     results: dict[str, dict[str, dict[str, float]]] = {"balanced_voxels": {}, "whole_images": {}}
     planes, targets, task_ids = datamodule.val_set.tensors
     centre = datamodule.radius
+    rng = np.random.default_rng(0)
     for task_id, task in enumerate(datamodule.tasks):
         splits = datamodule.subjects[task]
         classes = get_task(task).classes
         n_classes = len(classes) + 1
 
-        def eligible_voxels(subject):
+        def eligible_voxels(subject: tio.Subject) -> tuple[np.ndarray, np.ndarray]:
             eligible = subject[SAMPLING_MASK].data[0].bool().numpy()
-            return subject[IMAGE].data[0].numpy()[eligible], subject[LABEL].data[0].long().numpy()[eligible]
+            return subject[IMAGE].data[0].numpy()[eligible], subject[LABEL].data[0].numpy()[eligible]
 
-        train = [eligible_voxels(s) for s in splits["train"]]
-        classifier = IntensityClassifier(n_classes).fit([i for i, _ in train], [l for _, l in train])
+        images, labels = [], []
+        for subject in splits["train"]:
+            image, label = eligible_voxels(subject)
+            if len(image) > max_fit_voxels:
+                keep = rng.choice(len(image), max_fit_voxels, replace=False)
+                image, label = image[keep], label[keep]
+            images.append(image)
+            labels.append(label)
+        classifier = IntensityClassifier(n_classes).fit(images, labels)
 
-        test = [eligible_voxels(s) for s in splits["test"]]
-        prediction = np.concatenate([classifier.predict(i) for i, _ in test])
-        dice = dice_per_class(prediction, np.concatenate([l for _, l in test]), n_classes)
-        results["whole_images"][task] = dict(zip(classes, dice.tolist()))
+        confusion = torch.zeros(n_classes, n_classes, dtype=torch.long)
+        for subject in splits["test"]:
+            image, label = eligible_voxels(subject)
+            for start in range(0, len(image), chunk):
+                prediction = classifier.predict(image[start : start + chunk])
+                confusion += confusion_counts(torch.from_numpy(label[start : start + chunk]), torch.from_numpy(prediction), n_classes)
+        results["whole_images"][task] = dict(zip(classes, dice_from_confusion(confusion)[1:].tolist()))
 
         mine = task_ids == task_id
-        to_local = {int(g): local for local, g in enumerate(datamodule.label_space.global_labels(task))}
-        reference = np.array([to_local[int(g)] for g in targets[mine]])
+        to_local = torch.zeros(datamodule.label_space.n_classes, dtype=torch.long)
+        to_local[datamodule.label_space.global_labels(task)] = torch.arange(n_classes)
         prediction = classifier.predict(planes[mine, 0, centre, centre].numpy())
-        dice = dice_per_class(prediction, reference, n_classes)
+        dice = dice_per_class(prediction, to_local[targets[mine]].numpy(), n_classes)
         results["balanced_voxels"][task] = dict(zip(classes, dice.tolist()))
     return results

@@ -9,18 +9,12 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 
+from mtseg.metrics import dice_from_confusion
 from mtseg.model import TriplanarCNN
 from mtseg.tasks import TASKS, LabelSpace
 
 #: Key under which every mtseg checkpoint stores what its output channels mean.
 CHECKPOINT_KEY = "mtseg"
-
-
-def dice_from_confusion(confusion: torch.Tensor) -> torch.Tensor:
-    """Dice per class from a (reference × prediction) confusion matrix; NaN where both are empty."""
-    tp = confusion.diagonal()
-    denominator = confusion.sum(0) + confusion.sum(1)
-    return torch.where(denominator > 0, 2 * tp / denominator.clamp_min(1e-12), torch.nan)
 
 
 class MultiTaskSegmentationModule(L.LightningModule):
@@ -95,7 +89,7 @@ class MultiTaskSegmentationModule(L.LightningModule):
         self.latest_dice = {}
         names = self.label_space.class_names
         for task_id, task in enumerate(self.label_space.tasks):
-            dice = dice_from_confusion(self.val_confusion[task_id].double())
+            dice = dice_from_confusion(self.val_confusion[task_id])
             for cls in self.label_space.task_classes(task)[1:]:
                 self.latest_dice[(task, names[cls])] = float(dice[cls])
                 self.log(f"val/dice/{task}/{names[cls]}", dice[cls].float())
