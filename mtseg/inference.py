@@ -47,10 +47,9 @@ def slab_logits(net: TriplanarCNN, volume: TriplanarVolume, z0: int, z1: int, sl
     # coronal: y fixed, slice axes (x, z)
     coronal = padded[:, r:-r, z0 : z1 + 2 * r].permute(1, 0, 2).to(device)
     features_coronal = _stack(net, coronal, slice_batch).permute(1, 2, 0, 3)  # (W, X, Y, n)
-    features = torch.cat([features_axial, features_sagittal, features_coronal])
-    width, nx, ny, nz = features.shape
-    logits = net.classify_features(features.reshape(1, width, nx, ny * nz))
-    return logits.reshape(-1, nx, ny, nz)
+    features = torch.cat([features_axial, features_sagittal, features_coronal])  # (3W, X, Y, n)
+    # the head one axial slice at a time: its 192-wide activations never span the whole slab
+    return torch.stack([net.classify_features(features[None, ..., k])[0] for k in range(z1 - z0)], dim=-1)
 
 
 @torch.no_grad()

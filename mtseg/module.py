@@ -79,7 +79,7 @@ class MultiTaskSegmentationModule(L.LightningModule):
     def validation_step(self, batch: Sequence[torch.Tensor], batch_index: int) -> None:
         planes, target, task = batch
         logits = self.net(planes)
-        self.val_loss_sum += float(F.cross_entropy(logits, target, reduction="sum"))
+        self.val_loss_sum = self.val_loss_sum + F.cross_entropy(logits, target, reduction="sum").detach()
         self.val_count += len(target)
         n = self.label_space.n_classes
         flat = (task * n + target) * n + logits.argmax(1)
