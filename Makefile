@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 # The CPU build by default, so a CPU-only machine never pulls a multi-GB CUDA build.
-# On a GPU machine: make install TORCH_SPEC="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128"
+# On a GPU machine: make install TORCH_SPEC="torch==2.13.0 --index-url <the CUDA wheel index from PyTorch's install page>"
 TORCH_SPEC ?= torch==2.13.0
 EXPERIMENT ?= brain_breast_cta
 EXPERIMENTS := brain,breast,cta,brain_breast,brain_cta,breast_cta,brain_breast_cta
