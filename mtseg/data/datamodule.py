@@ -97,7 +97,7 @@ def prepare_subject(subject: tio.Subject, preprocessing: tio.Transform, radius: 
 
 
 class TaskBalancedBatches(IterableDataset):
-    """Endless mini-batches drawn from one TorchIO queue per task.
+    """Mini-batches drawn from one TorchIO queue per task.
 
     Each mini-batch holds ``batch_size // T`` samples of each of the ``T`` tasks,
     the remainder going to tasks drawn at random. Labels are mapped to the
@@ -123,7 +123,6 @@ class TaskBalancedBatches(IterableDataset):
         self.queues = dict(queues)
         self.length = length
         self.tasks = list(self.queues)
-        self.label_space = label_space
         self.luts = {task: label_space.global_labels(task) for task in self.tasks}
         self.batch_size = batch_size
         self.generator = generator
