@@ -161,24 +161,20 @@ def dice_per_class(prediction: np.ndarray, reference: np.ndarray, n_classes: int
 
 def intensity_baseline_dice(
     datamodule: MultiTaskDataModule, max_fit_voxels: int = 2_000_000, chunk: int = 8_000_000
-) -> dict[str, dict[str, dict[str, float]]]:
+) -> dict[str, dict[str, float]]:
     """Dice per class of an :class:`IntensityClassifier` per task, to set beside the CNN's.
 
     Fitted on the task's preprocessed training images (eligible voxels only, at most
-    ``max_fit_voxels`` drawn at random per image), it is scored on the same class-balanced
-    held-out voxels as the CNN's validation (``"balanced_voxels"``) and on every eligible
-    voxel of the held-out images, pooled (``"whole_images"``, counted ``chunk`` voxels at a
-    time so memory stays bounded on CTA-sized images). It is told the task (the CNN is not),
-    so it is a generous baseline.
+    ``max_fit_voxels`` drawn at random per image), it is scored on every eligible voxel of
+    the held-out images, pooled (counted ``chunk`` voxels at a time so memory stays bounded
+    on CTA-sized images). It is told the task (the CNN is not), so it is a generous baseline.
 
     Returns:
-        ``{"balanced_voxels" | "whole_images": {task: {class name: dice}}}``.
+        ``{task: {class name: dice}}``.
     """
-    results: dict[str, dict[str, dict[str, float]]] = {"balanced_voxels": {}, "whole_images": {}}
-    planes, targets, task_ids = datamodule.val_set.tensors
-    centre = datamodule.radius
+    results: dict[str, dict[str, float]] = {}
     rng = np.random.default_rng(0)
-    for task_id, task in enumerate(datamodule.tasks):
+    for task in datamodule.tasks:
         splits = datamodule.subjects[task]
         classes = get_task(task).classes
         n_classes = len(classes) + 1
@@ -203,12 +199,5 @@ def intensity_baseline_dice(
             for start in range(0, len(image), chunk):
                 prediction = classifier.predict(image[start : start + chunk])
                 confusion += confusion_counts(torch.from_numpy(label[start : start + chunk]), torch.from_numpy(prediction), n_classes)
-        results["whole_images"][task] = dict(zip(classes, dice_from_confusion(confusion)[1:].tolist()))
-
-        mine = task_ids == task_id
-        to_local = torch.zeros(datamodule.label_space.n_classes, dtype=torch.long)
-        to_local[datamodule.label_space.global_labels(task)] = torch.arange(n_classes)
-        prediction = classifier.predict(planes[mine, 0, centre, centre].numpy())
-        dice = dice_per_class(prediction, to_local[targets[mine]].numpy(), n_classes)
-        results["balanced_voxels"][task] = dict(zip(classes, dice.tolist()))
+        results[task] = dict(zip(classes, dice_from_confusion(confusion)[1:].tolist()))
     return results

@@ -1,18 +1,23 @@
-"""Callbacks that write the run directory's learning-curve table."""
+"""Callbacks: the run directory's learning-curve table, evaluation timing and W&B overlays."""
 
 from __future__ import annotations
 
 import csv
+import time
 from pathlib import Path
 
 import lightning as L
+import numpy as np
+from lightning.pytorch.loggers import WandbLogger
+
+from mtseg.tasks import TASKS
 
 #: Columns of ``metrics.csv``: one row per evaluation and class.
 METRICS_COLUMNS = ("step", "minibatches_per_task", "task", "class", "dice")
 
 
 class DiceCSVWriter(L.Callback):
-    """Append the per-class Dice of every validation to ``metrics.csv``.
+    """Append the per-class whole-image Dice of every evaluation to ``metrics.csv``.
 
     Args:
         path: The CSV file; created with a header on the first evaluation.
@@ -33,3 +38,54 @@ class DiceCSVWriter(L.Callback):
                 writer.writerow(METRICS_COLUMNS)
             for (task, cls), dice in pl_module.latest_dice.items():
                 writer.writerow((trainer.global_step, trainer.global_step / n_tasks, task, cls, dice))
+
+
+class EvaluationTimer(L.Callback):
+    """Wall-clock seconds spent in evaluations (validation loops), summed over the run."""
+
+    def __init__(self):
+        self.seconds = 0.0
+        self._start: float | None = None
+
+    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._start = time.perf_counter()
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._start is not None:
+            self.seconds += time.perf_counter() - self._start
+            self._start = None
+
+
+def overlay_masks(reference: np.ndarray, prediction: np.ndarray, task: str) -> dict:
+    """W&B mask overlays (reference and prediction, task-local labels) with the task's class names."""
+    class_labels = {i + 1: name for i, name in enumerate(TASKS[task].classes)} | {0: "background"}
+    return {
+        "reference": {"mask_data": reference.astype(np.uint8), "class_labels": class_labels},
+        "prediction": {"mask_data": prediction.astype(np.uint8), "class_labels": class_labels},
+    }
+
+
+class WandbSegmentationOverlays(L.Callback):
+    """At each evaluation, log one axial slice per task to W&B: image with reference and prediction masks."""
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        evaluation = pl_module.latest_evaluation
+        loggers = [lg for lg in trainer.loggers if isinstance(lg, WandbLogger)]
+        if trainer.sanity_checking or evaluation is None or not loggers:
+            return
+        import wandb
+
+        for logger in loggers:
+            for task, example in evaluation.examples.items():
+                image = example.image
+                span = float(np.ptp(image)) or 1.0
+                logger.experiment.log(
+                    {
+                        f"val/overlay/{task}": wandb.Image(
+                            np.ascontiguousarray(((image - image.min()) / span * 255).astype(np.uint8).T[::-1]),
+                            masks={k: {**v, "mask_data": v["mask_data"].T[::-1].copy()} for k, v in overlay_masks(example.reference, example.prediction, task).items()},
+                            caption=f"{example.case_id}, axial slice {example.slice_index}",
+                        ),
+                        "trainer/global_step": trainer.global_step,
+                    }
+                )

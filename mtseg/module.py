@@ -9,7 +9,8 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 
-from mtseg.metrics import dice_from_confusion
+from mtseg.data.datamodule import HeldOutImage
+from mtseg.evaluation import EvaluationResult, WholeImageEvaluator
 from mtseg.model import TriplanarCNN
 from mtseg.tasks import TASKS, LabelSpace
 
@@ -21,9 +22,10 @@ class MultiTaskSegmentationModule(L.LightningModule):
     """One :class:`TriplanarCNN` for all tasks of an experiment.
 
     Training batches are dicts with ``planes`` ``(B, 3, P, P)``, ``target`` (output
-    channel) and ``task`` (index into the experiment's tasks); validation batches are
-    ``(planes, target, task)`` tuples of class-balanced held-out voxels, on which Dice
-    is computed per task and class.
+    channel) and ``task`` (index into the experiment's tasks). Validation steps get one
+    whole held-out image each (:class:`~mtseg.data.datamodule.HeldOutImage`): it is
+    segmented densely and, once all are in, evaluated as in the paper (§4) by
+    :class:`~mtseg.evaluation.WholeImageEvaluator`.
 
     Args:
         tasks: Tasks of the experiment; fixes the output channels.
@@ -33,6 +35,9 @@ class MultiTaskSegmentationModule(L.LightningModule):
         preprocessing: Each task's ``preprocessing`` config (spacing, threshold, intensity
             transforms), stored so a checkpoint says how to prepare a new image.
         pad_value: Normalised intensity outside the volume used in training.
+        evaluation: ``pr_thresholds`` (thresholds of the PR analysis) and ``slab`` (axial
+            slices per slab of dense inference).
+        data: The data config, stored so a checkpoint can be evaluated on the same test sets.
     """
 
     def __init__(
@@ -43,6 +48,8 @@ class MultiTaskSegmentationModule(L.LightningModule):
         betas: Sequence[float] = (0.9, 0.999),
         preprocessing: Mapping[str, Any] | None = None,
         pad_value: float = 0.0,
+        evaluation: Mapping[str, Any] | None = None,
+        data: Mapping[str, Any] | None = None,
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -50,12 +57,11 @@ class MultiTaskSegmentationModule(L.LightningModule):
         self.net = TriplanarCNN(self.label_space.n_classes, **dict(model))
         self.lr = lr
         self.betas = tuple(betas)
-        n = self.label_space.n_classes
-        self.register_buffer("val_confusion", torch.zeros(len(self.label_space.tasks), n, n, dtype=torch.long), persistent=False)
-        self.val_loss_sum = 0.0
-        self.val_count = 0
-        #: Dice per (task, class name) of the latest validation.
-        self.latest_dice: dict[tuple[str, str], float] = {}
+        evaluation = dict(evaluation or {})
+        self.slab = int(evaluation.get("slab", 16))
+        self.evaluator = WholeImageEvaluator(self.label_space, int(evaluation.get("pr_thresholds", 1001)))
+        #: The latest whole-image evaluation (None before the first).
+        self.latest_evaluation: EvaluationResult | None = None
 
     @property
     def n_params(self) -> int:
@@ -76,28 +82,26 @@ class MultiTaskSegmentationModule(L.LightningModule):
             self.log(f"train/loss/{task}", per_task[task_id])
         return loss
 
-    def validation_step(self, batch: Sequence[torch.Tensor], batch_index: int) -> None:
-        planes, target, task = batch
-        logits = self.net(planes)
-        self.val_loss_sum = self.val_loss_sum + F.cross_entropy(logits, target, reduction="sum").detach()
-        self.val_count += len(target)
-        n = self.label_space.n_classes
-        flat = (task * n + target) * n + logits.argmax(1)
-        self.val_confusion += torch.bincount(flat, minlength=self.val_confusion.numel()).view_as(self.val_confusion)
+    def validation_step(self, image: HeldOutImage, batch_index: int) -> None:
+        self.evaluator.add_volume(self.net, image.task, image.case_id, image.volume, image.reference, image.mask, slab=self.slab)
 
     def on_validation_epoch_end(self) -> None:
-        self.latest_dice = {}
-        names = self.label_space.class_names
-        for task_id, task in enumerate(self.label_space.tasks):
-            dice = dice_from_confusion(self.val_confusion[task_id])
-            for cls in self.label_space.task_classes(task)[1:]:
-                self.latest_dice[(task, names[cls])] = float(dice[cls])
-                self.log(f"val/dice/{task}/{names[cls]}", dice[cls].float())
-        self.log("val/loss", self.val_loss_sum / max(self.val_count, 1))
+        self.latest_evaluation = evaluation = self.evaluator.compute()
+        for (task, cls), dice in evaluation.mean_dice().items():
+            self.log(f"val/dice/{task}/{cls}", dice)
+        for task, result in evaluation.tasks.items():
+            if result.threshold is not None:
+                self.log(f"val/threshold/{task}", result.threshold)
+                self.log(f"val/pooled_dice/{task}", result.pooled_dice)
+            if len(self.label_space.tasks) > 1:
+                self.log(f"val/confusion_percent/{task}", result.confusion_median)
         # the paper's x-axis (Fig. 2); choose it as the x-axis of W&B panels
         self.log("minibatches_per_task", self.global_step / len(self.label_space.tasks))
-        self.val_confusion.zero_()
-        self.val_loss_sum, self.val_count = 0.0, 0
+
+    @property
+    def latest_dice(self) -> dict[tuple[str, str], float]:
+        """Mean whole-image Dice per (task, class) of the latest evaluation."""
+        return {} if self.latest_evaluation is None else self.latest_evaluation.mean_dice()
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.Adam(self.parameters(), lr=self.lr, betas=self.betas)
@@ -110,4 +114,8 @@ class MultiTaskSegmentationModule(L.LightningModule):
             "patch_size": self.net.patch_size,
             "preprocessing": self.hparams.preprocessing,
             "pad_value": self.hparams.pad_value,
+            "data": self.hparams.data,
+            # PR operating points of the evaluation just before this save (same weights)
+            "thresholds": {} if self.latest_evaluation is None else self.latest_evaluation.thresholds(),
+            "thresholds_from": None if self.latest_evaluation is None else "held-out images at training time",
         }

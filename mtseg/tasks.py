@@ -18,6 +18,7 @@ from itertools import combinations
 import torch
 
 BACKGROUND = "background"
+OPERATING_POINTS = ("argmax", "pr_threshold")
 
 
 @dataclass(frozen=True)
@@ -29,12 +30,23 @@ class Task:
         modality: Imaging modality, ``"mri"`` or ``"ct"``; selects preprocessing.
         classes: Foreground class names; class ``i`` has task-local label ``i + 1``.
         description: One line for humans.
+        operating_point: How evaluation turns probabilities into labels (paper §4):
+            ``"argmax"`` (the class of highest activation; brain MRI) or ``"pr_threshold"``
+            (the task's one foreground probability thresholded at the operating point of
+            highest Dice over the pooled test set; breast MRI and cardiac CTA).
     """
 
     name: str
     modality: str
     classes: tuple[str, ...]
     description: str
+    operating_point: str = "argmax"
+
+    def __post_init__(self):
+        if self.operating_point not in OPERATING_POINTS:
+            raise ValueError(f"task {self.name!r}: operating_point must be one of {OPERATING_POINTS}")
+        if self.operating_point == "pr_threshold" and len(self.classes) != 1:
+            raise ValueError(f"task {self.name!r}: a PR threshold needs exactly one foreground class")
 
     @property
     def n_classes(self) -> int:
@@ -58,8 +70,8 @@ TASKS: dict[str, Task] = {
             ),
             "Six brain tissues in T1-weighted brain MRI",
         ),
-        Task("breast", "mri", ("pectoral_muscle",), "Pectoral muscle in T1-weighted breast MRI"),
-        Task("cta", "ct", ("coronary_arteries",), "Coronary arteries in cardiac CT angiography"),
+        Task("breast", "mri", ("pectoral_muscle",), "Pectoral muscle in T1-weighted breast MRI", "pr_threshold"),
+        Task("cta", "ct", ("coronary_arteries",), "Coronary arteries in cardiac CT angiography", "pr_threshold"),
     )
 }
 
@@ -140,6 +152,18 @@ class LabelSpace:
     def task_classes(self, task: str) -> list[int]:
         """Output channels that belong to ``task``, background (0) first."""
         return self.global_labels(task).tolist()
+
+    def to_local(self, task: str) -> torch.Tensor:
+        """Lookup table from output channels to ``task``'s local labels; other tasks' classes map to 0."""
+        lut = torch.zeros(self.n_classes, dtype=torch.uint8)
+        lut[self.global_labels(task)] = torch.arange(TASKS[task].n_classes, dtype=torch.uint8)
+        return lut
+
+    def alien_channels(self, task: str) -> torch.Tensor:
+        """Boolean mask over output channels: ``True`` for classes of tasks other than ``task``."""
+        if task not in self.tasks:
+            raise ValueError(f"Task {task!r} is not part of experiment {self.experiment!r}")
+        return torch.tensor([t is not None and t != task for t in self.class_tasks])
 
     def to_dict(self) -> dict:
         """Everything a checkpoint needs to say what each output channel means."""

@@ -22,7 +22,8 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
 from mtseg.baseline import intensity_baseline_dice
-from mtseg.callbacks import DiceCSVWriter
+from mtseg.callbacks import DiceCSVWriter, EvaluationTimer, WandbSegmentationOverlays
+from mtseg.evaluation import results_table
 from mtseg.module import MultiTaskSegmentationModule
 from mtseg.summary import dice_table, write_summary
 from mtseg.tasks import experiment_tasks
@@ -60,6 +61,8 @@ def train(cfg: DictConfig) -> dict:
         model=OmegaConf.to_container(cfg.model),
         preprocessing={t: OmegaConf.to_container(cfg.data[t].preprocessing, resolve=True) for t in tasks},
         pad_value=cfg.data.pad_value,
+        evaluation=OmegaConf.to_container(cfg.evaluation),
+        data=OmegaConf.to_container(cfg.data, resolve=True),
         **OmegaConf.to_container(cfg.optimizer),
     )
     log.info(
@@ -78,7 +81,10 @@ def train(cfg: DictConfig) -> dict:
         {**OmegaConf.to_container(cfg, resolve=True), "n_params": module.n_params, "n_tasks": n_tasks, "max_steps": steps}
     )
     checkpoints = run_dir / "checkpoints"
+    timer = EvaluationTimer()
     callbacks = [
+        timer,
+        WandbSegmentationOverlays(),
         ModelCheckpoint(dirpath=checkpoints, filename="step{step:07d}", auto_insert_metric_name=False, save_top_k=-1, save_last=True),
         DiceCSVWriter(run_dir / "metrics.csv"),
     ]
@@ -106,13 +112,20 @@ def train(cfg: DictConfig) -> dict:
             cfg=cfg,
             steps=trainer.global_step,
             train_seconds=seconds,
+            eval_seconds=timer.seconds,
             baseline=baseline,
         )
         logger.experiment.summary.update({"n_params": module.n_params})
+        rows = results_table({cfg.experiment: summary["evaluation"]})
+        logger.log_table(key="results", columns=list(rows[0]), data=[list(r.values()) for r in rows])
     finally:
         # Close the W&B run, so the next job of a Hydra multirun starts its own.
         logger.experiment.finish()
     print(dice_table(summary))
+    print(
+        f"Whole-image evaluations took {summary['evaluation_seconds']:.0f} s of the "
+        f"{summary['train_seconds']:.0f} s of training ({100 * summary['evaluation_seconds'] / max(summary['train_seconds'], 1e-9):.0f} %)."
+    )
     return summary
 
 

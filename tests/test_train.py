@@ -13,7 +13,7 @@ from mtseg.module import CHECKPOINT_KEY, MultiTaskSegmentationModule
 TINY = [
     "model.depth=3", "model.width=8", "model.fc_width=16",
     "schedule.minibatches_per_task=4", "schedule.eval_every=2", "data.batch_size=12",
-    "data.val_samples_per_class=10", "data.queue.max_length=120", "data.queue.samples_per_volume=40",
+"data.queue.max_length=120", "data.queue.samples_per_volume=40",
     "data.brain.shape=[48,48,48]", "data.breast.shape=[48,40,32]", "data.cta.shape=[48,48,40]",
     "data.brain.n_train=1", "data.breast.n_train=1", "data.cta.n_train=1",
     "data.brain.n_test=1", "data.breast.n_test=1", "data.cta.n_test=1",

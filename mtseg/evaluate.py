@@ -1,0 +1,152 @@
+"""Evaluate a checkpoint on the test images of each of its tasks: ``python -m mtseg.evaluate ckpt_path=…``.
+
+Writes to ``<run dir>/evaluation/<checkpoint name>/`` (or ``output_dir``): ``results.json``
+(per task and class: mean and median Dice, PR thresholds, cross-task confusion),
+``per_image.csv``, and ``predictions/<task>/<case_id>.nii.gz`` (task-local labels on each
+input image's own grid). The PR thresholds are also written beside the checkpoint
+(``<checkpoint>.thresholds.json``), where ``mtseg.predict`` finds them.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+from pathlib import Path
+
+import hydra
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from mtseg.checkpoint import LoadedCheckpoint, load_checkpoint
+from mtseg.data.datamodule import HeldOutImage
+from mtseg.data.preprocessing import IMAGE
+from mtseg.evaluation import EvaluationResult, WholeImageEvaluator
+from mtseg.nifti import atomic_write_bytes, read_image, to_input_grid, write_like
+
+log = logging.getLogger(__name__)
+
+
+def evaluation_dir(ckpt_path: str, output_dir: str | None) -> str:
+    """Default output folder: ``<run dir>/evaluation/<checkpoint name>`` for ``<run dir>/checkpoints/x.ckpt``."""
+    if output_dir:
+        return str(output_dir)
+    path = Path(ckpt_path)
+    run_dir = path.parent.parent if path.parent.name == "checkpoints" else path.parent
+    return str(run_dir / "evaluation" / path.stem)
+
+
+OmegaConf.register_new_resolver("evaluation_dir", evaluation_dir, replace=True)
+
+
+def thresholds_path(checkpoint: Path) -> Path:
+    """Where evaluation stores the PR thresholds of ``checkpoint``: beside it."""
+    return checkpoint.with_name(checkpoint.stem + ".thresholds.json")
+
+
+def select_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device=cuda but no GPU is available; use device=cpu or auto")
+    return torch.device(name)
+
+
+def test_datamodule(loaded: LoadedCheckpoint, overrides: DictConfig | dict):
+    """The checkpoint's data module (its stored data config with ``overrides``), test images prepared."""
+    stored = loaded.meta.get("data")
+    if stored is None:
+        raise ValueError(f"{loaded.path} stores no data config (written by an older mtseg); cannot find its test sets")
+    data_cfg = OmegaConf.merge(OmegaConf.create(stored), overrides or {})
+    datamodule = instantiate(data_cfg, tasks=list(loaded.label_space.tasks), radius=loaded.net.depth, seed=0)
+    datamodule.prepare_data()
+    datamodule.setup("validate")
+    return datamodule
+
+
+def evaluate_checkpoint(loaded: LoadedCheckpoint, datamodule, pr_thresholds: int, slab: int, keep_predictions: bool, device) -> EvaluationResult:
+    """Whole-image evaluation of ``loaded`` on every test image of the data module."""
+    evaluator = WholeImageEvaluator(loaded.label_space, pr_thresholds, keep_predictions=keep_predictions)
+    net = loaded.net.to(device)
+    for task in loaded.label_space.tasks:
+        for subject in datamodule.subjects[task]["test"]:
+            log.info("Segmenting %s image %s", task, subject["case_id"])
+            image = HeldOutImage.from_subject(subject)
+            evaluator.add_volume(net, task, image.case_id, image.volume, image.reference, image.mask, slab=slab, progress=None)
+    return evaluator.compute()
+
+
+def write_results(result: EvaluationResult, out_dir: Path, loaded: LoadedCheckpoint, datamodule, write_predictions: bool) -> dict:
+    """results.json, per_image.csv and the predicted NIfTIs; returns the results dict."""
+    results = {
+        "checkpoint": str(loaded.path),
+        "global_step": loaded.global_step,
+        "minibatches_per_task": loaded.global_step / len(loaded.label_space.tasks),
+        **result.to_dict(),
+    }
+    text = json.dumps(results, indent=2, allow_nan=False, default=lambda v: None)
+    atomic_write_bytes(out_dir / "results.json", lambda tmp: Path(tmp).write_text(text))
+    rows = result.rows()
+
+    def write_csv(tmp):
+        with open(tmp, "w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+
+    atomic_write_bytes(out_dir / "per_image.csv", write_csv)
+    if write_predictions:
+        for task, task_result in result.tasks.items():
+            folder = out_dir / "predictions" / task
+            folder.mkdir(parents=True, exist_ok=True)
+            for subject, image_result in zip(datamodule.subjects[task]["test"], task_result.images):
+                original = read_image(subject[IMAGE].path)
+                labels = to_input_grid(image_result.prediction, subject[IMAGE].affine, original, label=True)
+                write_like(labels.numpy(), original, folder / f"{image_result.case_id}.nii.gz", "uint8")
+    return results
+
+
+def evaluate(cfg: DictConfig) -> dict:
+    out_dir = Path(HydraConfig.get().runtime.output_dir)
+    loaded = load_checkpoint(cfg.ckpt_path)
+    datamodule = test_datamodule(loaded, cfg.data)
+    result = evaluate_checkpoint(
+        loaded, datamodule, cfg.evaluation.pr_thresholds, cfg.evaluation.slab, cfg.write_predictions, select_device(cfg.device)
+    )
+    results = write_results(result, out_dir, loaded, datamodule, cfg.write_predictions)
+    thresholds = result.thresholds()
+    if thresholds:
+        try:
+            text = json.dumps({"thresholds": thresholds, "from": str(out_dir / "results.json")}, indent=2)
+            atomic_write_bytes(thresholds_path(loaded.path), lambda tmp: Path(tmp).write_text(text))
+        except OSError as error:
+            log.warning("PR thresholds not stored beside the checkpoint (%s); they are in results.json", error)
+    print(summary_lines(results))
+    print(f"Results in {out_dir}")
+    return results
+
+
+def summary_lines(results: dict) -> str:
+    lines = [f"Whole-image evaluation of {results['checkpoint']} ({results['minibatches_per_task']:.0f} mini-batches per task)"]
+    lines.append(f"{'task':<8} {'class':<28} {'mean Dice':>10} {'median':>8} {'threshold':>10} {'confusion %':>12}")
+    for task, task_result in results["tasks"].items():
+        threshold = task_result.get("threshold")
+        confusion = task_result.get("cross_task_confusion_percent", {}).get("median")
+        for cls, values in task_result["classes"].items():
+            mean, median = (float("nan") if v is None else v for v in (values["mean_dice"], values["median_dice"]))
+            lines.append(
+                f"{task:<8} {cls:<28} {mean:>10.3f} {median:>8.3f} {'argmax' if threshold is None else f'{threshold:.3f}':>10} "
+                f"{'-' if confusion is None else f'{confusion:.4f}':>12}"
+            )
+    return "\n".join(lines)
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="evaluate")
+def main(cfg: DictConfig) -> None:
+    evaluate(cfg)
+
+
+if __name__ == "__main__":
+    main()
