@@ -1,0 +1,272 @@
+"""Segment any 3-D NIfTI with a trained network.
+
+``python -m mtseg.predict --checkpoint CKPT --input IN.nii.gz --output OUT.nii.gz [--probabilities DIR] [--task TASK]``
+
+The network is never told the task. Without ``--task`` the image is first segmented at a
+working grid that suits every task: the input's finest voxel spacing, isotropic, once per
+distinct intensity preprocessing among the checkpoint's tasks (MRI and CT differ). The
+recognised task is the one whose classes hold most of the labelled foreground voxels;
+its *dominance* is that share. If the recognised task was trained at another spacing,
+the image is segmented again with that task's own preprocessing, exactly as in training.
+With ``--task`` only that task's preprocessing is used and no recognition is needed.
+
+Output, all written atomically (nothing partial is left on failure):
+
+- ``OUT.nii.gz``: the recognised task's labels (0 background, 1.. its classes, as in
+  its training label maps) on the input's exact grid (same shape, same affine);
+  voxels whose highest-activation class belongs to another task are background;
+  for tasks evaluated at a PR threshold the foreground is ``probability >= threshold``,
+  with the threshold found by ``mtseg.evaluate`` (``<checkpoint>.thresholds.json``) or
+  else the one stored in the checkpoint at training time;
+- ``OUT.json`` beside it: recognised task, dominance, confidence, the threshold used,
+  label names and voxel counts;
+- ``--probabilities DIR``: one float32 NIfTI per output class, on the input's grid.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torchio as tio
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from mtseg import CONFIG_DIR
+from mtseg.checkpoint import LoadedCheckpoint, load_checkpoint
+from mtseg.data.preprocessing import IMAGE, SAMPLING_MASK, build_preprocessing
+from mtseg.data.triplanar import TriplanarVolume
+from mtseg.evaluate import select_device, thresholds_path
+from mtseg.inference import segment_volume
+from mtseg.nifti import atomic_write_bytes, check_writable, check_writable_folder, read_image, to_input_grid, write_like
+from mtseg.tasks import TASKS
+
+log = logging.getLogger("mtseg.predict")
+
+
+def sidecar_path(output: Path) -> Path:
+    """``OUT.json`` for ``OUT.nii.gz`` or ``OUT.nii``."""
+    name = output.name
+    stem = name[: -len(".nii.gz")] if name.endswith(".nii.gz") else name[: -len(".nii")]
+    return output.with_name(stem + ".json")
+
+
+@dataclass
+class Pass:
+    """One dense segmentation of the input at one working grid and intensity preprocessing."""
+
+    tasks: tuple[str, ...]
+    spacing: float | str
+    affine: np.ndarray
+    labels: torch.Tensor
+    probabilities: torch.Tensor | None
+    foreground_per_task: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def foreground(self) -> int:
+        return sum(self.foreground_per_task.values())
+
+    @property
+    def recognised(self) -> tuple[str | None, float]:
+        """The task holding most labelled foreground voxels, and its share of them (0 if none)."""
+        if self.foreground == 0:
+            return None, 0.0
+        task = max(self.foreground_per_task, key=self.foreground_per_task.get)
+        return task, self.foreground_per_task[task] / self.foreground
+
+
+def _preprocessing_key(config: dict) -> str:
+    """Tasks whose intensity preprocessing is the same share one recognition pass."""
+    return json.dumps({k: v for k, v in config.items() if k != "spacing"}, sort_keys=True, default=str)
+
+
+def run_pass(
+    loaded: LoadedCheckpoint,
+    image: tio.ScalarImage,
+    tasks: tuple[str, ...],
+    spacing: float | str,
+    keep_probabilities: bool,
+    device: torch.device,
+    slab: int,
+) -> Pass:
+    """Preprocess ``image`` as ``tasks[0]`` was in training, at ``spacing``, and segment it densely."""
+    config = loaded.meta["preprocessing"][tasks[0]]
+    intensity = [instantiate(t) for t in config.get("intensity", [])]
+    subject = tio.Subject({IMAGE: tio.ScalarImage(tensor=image.data.clone(), affine=image.affine)})
+    prepared = build_preprocessing(spacing, config["threshold"], intensity)(subject)
+    volume = TriplanarVolume(prepared[IMAGE].data[0], loaded.net.depth, float(loaded.meta["pad_value"]))
+    mask = prepared[SAMPLING_MASK].data[0].bool()
+    log.info(
+        "Segmenting at %s mm (%s preprocessing), %d x %d x %d voxels",
+        spacing if isinstance(spacing, str) else f"{spacing:.3g}", tasks[0], *volume.shape,
+    )
+    segmentation = segment_volume(
+        loaded.net.to(device), volume, mask, None if keep_probabilities else [], slab=slab, progress=None
+    )
+    space = loaded.label_space
+    counts = torch.bincount(segmentation.labels.flatten().long(), minlength=space.n_classes)
+    per_task = {t: int(counts[space.task_classes(t)[1:]].sum()) for t in space.tasks}
+    return Pass(tasks, spacing, prepared[IMAGE].affine, segmentation.labels, segmentation.probabilities, per_task)
+
+
+def threshold_for(loaded: LoadedCheckpoint, task: str) -> tuple[float | None, str]:
+    """The PR operating point of ``task``: from evaluation beside the checkpoint, else from training."""
+    beside = thresholds_path(loaded.path)
+    if beside.is_file():
+        stored = json.loads(beside.read_text()).get("thresholds", {})
+        if task in stored:
+            return float(stored[task]), f"evaluation ({beside.name})"
+    if task in loaded.thresholds:
+        return float(loaded.thresholds[task]), "checkpoint (held-out images at training time)"
+    return None, "none stored: argmax used"
+
+
+def predict(args: argparse.Namespace) -> dict:
+    """Segment ``args.input``; write the label map, the sidecar and optionally probabilities."""
+    output = check_writable(args.output)
+    sidecar = sidecar_path(output)
+    check_writable(output)  # the sidecar lives in the same folder
+    probability_dir = check_writable_folder(args.probabilities) if args.probabilities else None
+    image = read_image(args.input)
+    loaded = load_checkpoint(args.checkpoint)
+    space = loaded.label_space
+    if args.task is not None and args.task not in space.tasks:
+        raise ValueError(f"--task {args.task}: the network was trained for {', '.join(space.tasks)} only")
+    device = select_device(args.device)
+    spacings = {t: loaded.meta["preprocessing"][t]["spacing"] for t in space.tasks}
+    finest = float(min(image.spacing))
+    candidates: list[Pass] = []
+    if args.task is None:
+        groups: dict[str, list[str]] = {}
+        for task in space.tasks:
+            groups.setdefault(_preprocessing_key(loaded.meta["preprocessing"][task]), []).append(task)
+        for tasks in groups.values():
+            candidates.append(run_pass(loaded, image, tuple(tasks), finest, args.probabilities is not None, device, args.slab))
+        best = max(candidates, key=lambda p: (p.recognised[1], p.foreground))
+        task, dominance = best.recognised
+        recognised = task is not None
+        if task is None:
+            task = space.tasks[0]
+        final = best
+        trained = spacings[task]
+        if isinstance(trained, str) or abs(float(trained) - finest) > 0.01 * float(trained):
+            final = run_pass(loaded, image, (task,), trained, args.probabilities is not None, device, args.slab)
+            dominance = final.recognised[1] if final.recognised[0] == task else dominance
+    else:
+        task = args.task
+        final = run_pass(loaded, image, (task,), spacings[task], args.probabilities is not None, device, args.slab)
+        recognised, dominance = False, final.recognised[1] if final.recognised[0] == task else 0.0
+
+    foreground_percent = 100.0 * final.foreground / final.labels.numel()
+    low_confidence = dominance < args.min_dominance or foreground_percent < args.min_foreground_percent
+    spec = TASKS[task]
+    threshold, threshold_source = (None, "not used (argmax)")
+    if spec.operating_point == "pr_threshold":
+        threshold, threshold_source = threshold_for(loaded, task)
+    if threshold is not None:
+        channel = space.task_classes(task)[1]
+        probability = final.probabilities[channel] if final.probabilities is not None else None
+        if probability is None:  # probabilities were not kept: rerun keeping the task's channel only
+            final = run_pass(loaded, image, (task,), final.spacing, True, device, args.slab)
+            probability = final.probabilities[channel]
+        local = (probability >= threshold).to(torch.uint8)
+    else:
+        local = space.to_local(task)[final.labels.long()]
+    labels = to_input_grid(local, final.affine, image, label=True)
+
+    counts = torch.bincount(labels.flatten().long(), minlength=spec.n_classes).tolist()
+    report = {
+        "input": str(Path(args.input)),
+        "checkpoint": str(loaded.path),
+        "experiment": space.experiment,
+        "task": task,
+        "task_given": args.task is not None,
+        "recognised": recognised,
+        "dominance": round(dominance, 6),
+        "foreground_percent": round(foreground_percent, 6),
+        "low_confidence": low_confidence,
+        "working_spacing_mm": final.spacing,
+        "threshold": threshold,
+        "threshold_from": threshold_source,
+        "labels": {str(i): name for i, name in enumerate(("background",) + spec.classes)},
+        "voxels_per_label": {str(i): c for i, c in enumerate(counts)},
+        "recognition_passes": [
+            {"preprocessing_of": list(p.tasks), "spacing_mm": p.spacing, "foreground_voxels_per_task": p.foreground_per_task}
+            for p in candidates
+        ],
+    }
+    written: list[Path] = []
+    try:
+        if probability_dir is not None:
+            for channel, name in enumerate(space.class_names):
+                path = probability_dir / f"{name}.nii.gz"
+                values = to_input_grid(final.probabilities[channel], final.affine, image, label=False)
+                write_like(values.numpy(), image, path, "float32")
+                written.append(path)
+        text = json.dumps(report, indent=2)
+        atomic_write_bytes(sidecar, lambda tmp: Path(tmp).write_text(text))
+        written.append(sidecar)
+        write_like(labels.numpy(), image, output, "uint8")
+    except BaseException:
+        for path in written:
+            path.unlink(missing_ok=True)
+        raise
+    return report
+
+
+def describe(report: dict) -> str:
+    how = "given (--task)" if report["task_given"] else ("recognised" if report["recognised"] else "not recognised")
+    lines = [
+        f"Task: {report['task']} ({how}; dominance {100 * report['dominance']:.2f} % of labelled foreground voxels, "
+        f"foreground {report['foreground_percent']:.3f} % of the image)",
+    ]
+    if report["low_confidence"]:
+        lines.append(
+            "WARNING: low confidence: the image may be of a modality or anatomy this network was not trained on "
+            f"(trained for: {report['experiment'].replace('_', ', ')})."
+        )
+    if report["threshold"] is not None:
+        lines.append(f"Threshold {report['threshold']:.3f} from {report['threshold_from']}")
+    counts = ", ".join(f"{report['labels'][k]} {v}" for k, v in report["voxels_per_label"].items())
+    lines.append(f"Voxels per label: {counts}")
+    return "\n".join(lines)
+
+
+def parser() -> argparse.ArgumentParser:
+    defaults = OmegaConf.load(CONFIG_DIR / "predict.yaml")
+    p = argparse.ArgumentParser(prog="python -m mtseg.predict", description=__doc__.split("\n\n")[0])
+    p.add_argument("--checkpoint", required=True, help="checkpoint written by mtseg.train (checkpoints/*.ckpt)")
+    p.add_argument("--input", required=True, help="3-D NIfTI image, any orientation and voxel spacing")
+    p.add_argument("--output", required=True, help="label map to write (.nii.gz), on the input's grid")
+    p.add_argument("--probabilities", metavar="DIR", help="also write one probability map per class into DIR")
+    p.add_argument("--task", help="pin the task (its preprocessing is used; no recognition)")
+    p.add_argument("--device", default=defaults.device, help="auto, cpu or cuda (default: %(default)s)")
+    p.add_argument("--slab", type=int, default=defaults.slab, help="axial slices per slab of dense inference (default: %(default)s)")
+    p.add_argument("--min-dominance", type=float, default=defaults.min_dominance,
+                   help="below this share of foreground voxels in one task, report low confidence (default: %(default)s)")
+    p.add_argument("--min-foreground-percent", type=float, default=defaults.min_foreground_percent,
+                   help="below this foreground percentage, report low confidence (default: %(default)s)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    args = parser().parse_args(argv)
+    try:
+        report = predict(args)
+    except (FileNotFoundError, PermissionError, ValueError, OSError) as error:
+        print(f"mtseg.predict: error: {error}", file=sys.stderr)
+        return 1
+    print(describe(report))
+    print(f"Wrote {args.output} and {sidecar_path(Path(args.output))}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
