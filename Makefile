@@ -9,7 +9,7 @@ EXPERIMENT ?= brain_breast_cta
 EXPERIMENTS := brain,breast,cta,brain_breast,brain_cta,breast_cta,brain_breast_cta
 ARGS ?=
 
-.PHONY: install demo train sweep test bench clean
+.PHONY: install demo train sweep test bench data-brain clean
 
 install: $(VENV)/.installed
 
@@ -37,6 +37,11 @@ test: install
 
 bench: install
 	$(BIN)/python -m mtseg.bench $(ARGS)
+
+# The real brain cohort (brain templates with atlas labels) as an nnU-Net data set under data/nnunet_raw;
+# cached, rebuilt only when its inputs change. Train on it: make train EXPERIMENT=brain ARGS="data/brain=templates"
+data-brain: install
+	$(BIN)/python -m mtseg.data build brain-templates $(ARGS)
 
 clean:
 	rm -rf outputs .pytest_cache

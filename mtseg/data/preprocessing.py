@@ -7,7 +7,9 @@ up (not at every queue refill):
    (axial: z fixed; sagittal: x fixed; coronal: y fixed).
 2. :class:`ResampleToSpacing`: ``tio.Resample`` to the task's isotropic spacing
    (linear for images, nearest neighbour for labels), skipped for images already at
-   that spacing so their grid is kept voxel for voxel.
+   that spacing so their grid is kept voxel for voxel. ``"inplane"`` resamples each
+   image to isotropic voxels at its own finest spacing (the in-plane spacing of a
+   slice-wise acquisition), as the paper did for breast MRI.
 3. :class:`SamplingMask`: voxels whose *stored* intensity is above the task's
    threshold (the paper samples voxels with intensity > 0) become eligible sample
    centres. It runs before intensity normalisation on purpose.
@@ -51,38 +53,56 @@ class SamplingMask(tio.Transform):
         return subject
 
 
+#: Spacing rule: isotropic at each image's finest spacing (its in-plane spacing).
+INPLANE = "inplane"
+
+
 class ResampleToSpacing(tio.Transform):
     """``tio.Resample`` to an isotropic spacing, unless the subject already has it.
 
     Args:
-        spacing: Target isotropic spacing in mm.
+        spacing: Target isotropic spacing in mm, or ``"inplane"``: the finest spacing
+            of the subject's image (e.g. 1.25 mm for 1.25 x 1.25 x 1.6 mm voxels).
         tolerance: Relative difference below which spacings count as equal.
     """
 
-    def __init__(self, spacing: float, tolerance: float = 1e-4, **kwargs):
+    def __init__(self, spacing: float | str, tolerance: float = 1e-4, **kwargs):
         super().__init__(**kwargs)
-        if spacing <= 0:
-            raise ValueError(f"spacing must be positive, got {spacing}")
-        self.spacing = float(spacing)
+        if spacing != INPLANE:
+            try:
+                spacing = float(spacing)
+            except (TypeError, ValueError):
+                raise ValueError(f"spacing must be a number of mm or {INPLANE!r}, got {spacing!r}") from None
+            if spacing <= 0:
+                raise ValueError(f"spacing must be positive, got {spacing}")
+        self.spacing = spacing
         self.tolerance = tolerance
         self.args_names = ["spacing", "tolerance"]
 
+    def target_spacing(self, subject: tio.Subject) -> float:
+        """The isotropic spacing ``subject`` is resampled to."""
+        if self.spacing == INPLANE:
+            images = subject.get_images(intensity_only=True) or subject.get_images(intensity_only=False)
+            return float(min(images[0].spacing))
+        return self.spacing
+
     def apply_transform(self, subject: tio.Subject) -> tio.Subject:
+        target = self.target_spacing(subject)
         spacings = [image.spacing for image in subject.get_images(intensity_only=False)]
-        if all(abs(s - self.spacing) <= self.tolerance * self.spacing for sp in spacings for s in sp):
+        if all(abs(s - target) <= self.tolerance * target for sp in spacings for s in sp):
             return subject
-        return tio.Resample(self.spacing)(subject)
+        return tio.Resample(target)(subject)
 
 
 def build_preprocessing(
-    spacing: float,
+    spacing: float | str,
     threshold: float,
     intensity_transforms: Sequence[tio.Transform],
 ) -> tio.Compose:
     """The preprocessing pipeline of one task.
 
     Args:
-        spacing: Isotropic target spacing in mm.
+        spacing: Isotropic target spacing in mm, or ``"inplane"`` (see :class:`ResampleToSpacing`).
         threshold: Stored-intensity threshold for sample centres.
         intensity_transforms: Intensity normalisation applied last.
     """

@@ -1,9 +1,18 @@
 """Where each task's images come from; every source yields TorchIO subjects.
 
-A source is selected per task by ``data.<task>.source``. Each returns the
-task's subjects per split (``"train"``, ``"test"``); every subject holds an
-``image`` (``tio.ScalarImage``), a ``label`` (``tio.LabelMap``, task-local labels),
-``task`` and ``case_id``.
+A source is selected per task by ``data.<task>.source``:
+
+- ``phantoms``: synthetic phantoms (:mod:`mtseg.data.phantoms`), the default;
+- ``nifti_folder``: ``images/`` and ``labels/`` with matching names, or a CSV
+  (:mod:`mtseg.data.nifti_folder`);
+- ``nnunet``: an nnU-Net v2 raw data set (:mod:`mtseg.data.nnunet`).
+
+Each returns the task's subjects per split (``"train"``, ``"test"``; see
+:mod:`mtseg.data.split` for how file sources split); every subject holds an ``image``
+(``tio.ScalarImage``), a ``label`` (``tio.LabelMap``, task-local labels: the source's
+``label_map`` is applied when the file is read, see :mod:`mtseg.data.label_mapping`),
+``task`` and ``case_id``. Sources only list files and check the layout; the content of
+every file is checked by :func:`mtseg.data.check.check_subjects` before preprocessing.
 """
 
 from __future__ import annotations
@@ -13,20 +22,72 @@ from pathlib import Path
 
 import torchio as tio
 
+from mtseg.data.label_mapping import LabelMapping, read_scalar_image
+from mtseg.data.nifti_folder import folder_cases
+from mtseg.data.nnunet import nnunet_cases, restrict_to_declared
 from mtseg.data.phantoms import write_phantom_dataset
 from mtseg.data.preprocessing import IMAGE, LABEL
+from mtseg.data.split import Case, split_cases
 
 
-def subject_from_files(task: str, image: Path, label: Path) -> tio.Subject:
-    """A lazily loaded subject of ``task`` from an image and a label file."""
+def subject_from_files(
+    task: str | None,
+    image: Path,
+    label: Path,
+    mapping: LabelMapping | None = None,
+    case_id: str | None = None,
+) -> tio.Subject:
+    """A lazily loaded subject of ``task`` from an image and a label file.
+
+    Args:
+        task: Task name (``None`` when a data set is checked without a task).
+        image: Intensity image file.
+        label: Label file.
+        mapping: Applied to the label values when the file is read; ``None`` reads them as stored.
+        case_id: Defaults to the image file name up to its first dot.
+    """
+    if mapping is None:
+        image_kwargs, label_kwargs = {}, {}
+    else:
+        image_kwargs, label_kwargs = {"reader": read_scalar_image}, {"reader": mapping.read}
     return tio.Subject(
         {
-            IMAGE: tio.ScalarImage(image),
-            LABEL: tio.LabelMap(label),
+            IMAGE: tio.ScalarImage(image, **image_kwargs),
+            LABEL: tio.LabelMap(label, **label_kwargs),
             "task": task,
-            "case_id": Path(image).name.split(".")[0],
+            "case_id": case_id if case_id is not None else Path(image).name.split(".")[0],
         }
     )
+
+
+def subjects_of_cases(task: str | None, splits: Mapping[str, list[Case]], mapping: LabelMapping) -> dict[str, list[tio.Subject]]:
+    """Lazily loaded subjects of every split, labels read through ``mapping``."""
+    return {
+        split: [subject_from_files(task, c.image, c.label, mapping, c.case_id) for c in cases]
+        for split, cases in splits.items()
+    }
+
+
+def nifti_folder_subjects(task: str, cfg: Mapping, root: str | Path) -> dict[str, list[tio.Subject]]:
+    """Subjects of a NIfTI folder or CSV data set (``data.<task>.root``), split by ``data.<task>.split``."""
+    where = f"data.{task}"
+    cases = folder_cases(cfg, where)
+    splits = split_cases(cases, cfg.get("split"), cfg["root"], f"{cfg['root']} ({where})")
+    return subjects_of_cases(task, splits, LabelMapping.for_task(task, cfg.get("label_map")))
+
+
+def nnunet_subjects(task: str, cfg: Mapping, root: str | Path) -> dict[str, list[tio.Subject]]:
+    """Subjects of an nnU-Net v2 raw data set (``data.<task>.root``), channel ``data.<task>.channel``.
+
+    Label values must be declared in ``dataset.json`` and listed by ``data.<task>.label_map``.
+    """
+    where = f"data.{task}"
+    if cfg.get("root") in (None, "", "???"):
+        raise ValueError(f"{where}.root is not set: point it at the nnU-Net data set folder (DatasetNNN_Name)")
+    dataset, cases = nnunet_cases(cfg["root"], int(cfg.get("channel", 0)))
+    splits = split_cases(cases, cfg.get("split"), dataset.root, f"{dataset.root} ({where})")
+    mapping = restrict_to_declared(LabelMapping.for_task(task, cfg.get("label_map")), dataset)
+    return subjects_of_cases(task, splits, mapping)
 
 
 def phantom_subjects(task: str, cfg: Mapping, root: str | Path) -> dict[str, list[tio.Subject]]:
@@ -55,7 +116,7 @@ def phantom_subjects(task: str, cfg: Mapping, root: str | Path) -> dict[str, lis
     return {"train": subjects[:n_train], "test": subjects[n_train:]}
 
 
-SOURCES = {"phantoms": phantom_subjects}
+SOURCES = {"phantoms": phantom_subjects, "nifti_folder": nifti_folder_subjects, "nnunet": nnunet_subjects}
 
 
 def task_subjects(task: str, cfg: Mapping, root: str | Path) -> dict[str, list[tio.Subject]]:

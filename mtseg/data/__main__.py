@@ -1,0 +1,84 @@
+"""Data set tools: ``python -m mtseg.data {check,convert-labels,build} ...``.
+
+    python -m mtseg.data check PATH [--scheme miccai2012 | --task brain] [--channel 0]
+    python -m mtseg.data convert-labels --scheme miccai2012 IN OUT
+    python -m mtseg.data build brain-templates [--root data] [--wheels DIR] [--force]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+from mtseg.tasks import TASK_ORDER
+
+
+def _check(args: argparse.Namespace) -> None:
+    from mtseg.data.check import check_dataset
+
+    folder = {k: v for k, v in (("images", args.images), ("labels", args.labels), ("label_suffix", args.label_suffix)) if v is not None}
+    split = {"file": args.split_file} if args.split_file else None
+    start = time.perf_counter()
+    summary = check_dataset(args.path, args.scheme, args.task, args.channel, folder, split)
+    print(summary.format())
+    print(f"OK: {len(summary.cases)} image(s) checked in {time.perf_counter() - start:.1f} s")
+
+
+def _convert(args: argparse.Namespace) -> None:
+    from mtseg.data.label_mapping import convert_label_file, load_scheme
+
+    task, mapping = load_scheme(args.scheme)
+    counts = convert_label_file(mapping, args.input, args.output)
+    print(f"{args.output}: {task} labels ({args.scheme})")
+    for label, (name, count) in enumerate(zip(mapping.names, counts)):
+        print(f"  {label} {name:<28} {int(count):>12,d} voxels")
+
+
+def _build(args: argparse.Namespace) -> None:
+    from mtseg.data.brain_templates import build_brain_templates
+
+    build_brain_templates(args.root, args.wheels, args.force)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m mtseg.data", description=__doc__.split("\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    check = commands.add_parser("check", help="check a data set and print its summary")
+    check.add_argument("path", help="nnU-Net raw data set folder, NIfTI folder (images/, labels/) or data set CSV")
+    labels = check.add_mutually_exclusive_group()
+    labels.add_argument("--scheme", help="label mapping scheme of conf/label_map (e.g. miccai2012)")
+    labels.add_argument("--task", choices=TASK_ORDER, help="labels are already this task's (0..K)")
+    check.add_argument("--channel", type=int, default=0, help="nnU-Net channel to read (default 0)")
+    check.add_argument("--images", help="NIfTI folder: image folder name (default images)")
+    check.add_argument("--labels", help="NIfTI folder: label folder name (default labels)")
+    check.add_argument("--label-suffix", help="NIfTI folder: label file = <case><suffix>.nii[.gz]")
+    check.add_argument("--split-file", help='JSON {"train": [...], "test": [...]} of case IDs')
+    check.set_defaults(run=_check)
+
+    convert = commands.add_parser("convert-labels", help="write the task labels of one label file")
+    convert.add_argument("--scheme", required=True, help="label mapping scheme of conf/label_map (e.g. miccai2012)")
+    convert.add_argument("input", help="label file with the source's label IDs")
+    convert.add_argument("output", help="label file to write (uint8 task labels)")
+    convert.set_defaults(run=_convert)
+
+    build = commands.add_parser("build", help="build a data set")
+    build.add_argument("dataset", choices=["brain-templates"])
+    build.add_argument("--root", default=os.environ.get("MTSEG_DATA_DIR", "data"), help="data folder (default data or $MTSEG_DATA_DIR)")
+    build.add_argument("--wheels", help="folder with the pinned wheels (no download)")
+    build.add_argument("--force", action="store_true", help="rebuild even when up to date")
+    build.set_defaults(run=_build)
+
+    args = parser.parse_args(argv)
+    try:
+        args.run(args)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
