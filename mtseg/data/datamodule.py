@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
@@ -12,6 +13,8 @@ import torchio as tio
 from torch.utils.data import DataLoader, IterableDataset, TensorDataset
 from tqdm.auto import tqdm
 
+from mtseg.data.augmentation import TrainingAugmentation
+from mtseg.data.check import check_subjects
 from mtseg.data.preprocessing import IMAGE, LABEL, SAMPLING_MASK, build_preprocessing
 from mtseg.data.sampling import (
     CLASS_INDEX,
@@ -26,6 +29,8 @@ from mtseg.data.sampling import (
 from mtseg.data.sources import task_subjects
 from mtseg.data.triplanar import TriplanarVolume
 from mtseg.tasks import TASK_ORDER, LabelSpace, get_task
+
+log = logging.getLogger(__name__)
 
 #: What a random generator is for; part of its seed.
 SAMPLING, VALIDATION, TASK_SPLIT = 0, 1, 2
@@ -215,22 +220,31 @@ class MultiTaskDataModule(L.LightningDataModule):
         """Load and preprocess every subject once; check the data; draw the validation voxels."""
         if self.subjects:
             return
-        for task, splits in self._raw_subjects().items():
+        raw = self._raw_subjects()
+        for task, splits in raw.items():  # every file of every task is checked before any preprocessing
+            log.info("%s", check_subjects(splits, task, f"data.{task} ({self.sources[task]['source']})").format())
+        for task, splits in raw.items():
             if not splits.get("train"):
                 raise ValueError(f"task {task!r} has no training images (data.{task}.source={self.sources[task]['source']})")
             if not splits.get("test"):
                 raise ValueError(f"task {task!r} has no held-out images for validation")
             cfg = self.sources[task]["preprocessing"]
             preprocessing = build_preprocessing(cfg["spacing"], cfg["threshold"], list(cfg.get("intensity", [])))
+            # training images: the original and data.<task>.augmentation.copies augmented copies
+            augmentation = TrainingAugmentation.from_config(self.sources[task].get("augmentation"), self.seed, task)
             self.subjects[task] = {
                 split: [
-                    prepare_subject(s, preprocessing, self.radius, self.pad_value)
+                    prepared
                     for s in tqdm(subjects, desc=f"Preprocessing {task} {split}", leave=False)
+                    for prepared in augmentation.prepare(s, preprocessing, self._prepare, training=split == "train")
                 ]
                 for split, subjects in splits.items()
             }
             self._set_class_quotas(task)
         self.val_set = self._draw_validation_set()
+
+    def _prepare(self, subject: tio.Subject, transform) -> tio.Subject:
+        return prepare_subject(subject, transform, self.radius, self.pad_value)
 
     def _set_class_quotas(self, task: str) -> None:
         """Check every class has training voxels; give each training subject its class quotas."""
