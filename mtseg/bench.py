@@ -33,7 +33,7 @@ from mtseg.data.datamodule import MultiTaskDataModule, PreparedSubjectsDataset, 
 from mtseg.data.preprocessing import build_preprocessing
 from mtseg.data.sampling import ClassBalancedTriplanarSampler
 from mtseg.data.triplanar import TriplanarVolume
-from mtseg.inference import dense_probabilities, patch_probabilities
+from mtseg.inference import dense_probabilities, patch_probabilities, segment_volume
 from mtseg.model import TriplanarCNN
 from mtseg.module import MultiTaskSegmentationModule
 
@@ -72,33 +72,47 @@ def time_training(module: MultiTaskSegmentationModule, batches, n: int, device: 
     return samples / seconds
 
 
-def time_dense_versus_patches(shape: tuple[int, int, int], n_patch_voxels: int, slab: int) -> tuple[float, float]:
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def time_dense_versus_patches(
+    shape: tuple[int, int, int], n_patch_voxels: int, slab: int, device: torch.device = torch.device("cpu")
+) -> tuple[float, float]:
     """Voxels/s of dense inference over the whole volume and of patch-by-patch inference on a sample of voxels."""
-    net = TriplanarCNN(9).eval()
+    net = TriplanarCNN(9).eval().to(device)
     volume = TriplanarVolume(torch.rand(shape), net.depth)
+    dense_probabilities(net, TriplanarVolume(torch.rand(8, 8, 8), net.depth), slab=slab)  # warm-up
     start = time.perf_counter()
     dense_probabilities(net, volume, slab=slab)
+    _synchronize(device)
     dense = volume.interior.numel() / (time.perf_counter() - start)
+    patch_probabilities(net, volume, torch.arange(8))  # warm-up
     voxels = torch.randint(volume.interior.numel(), (n_patch_voxels,))
     start = time.perf_counter()
     patch_probabilities(net, volume, voxels)
+    _synchronize(device)
     patches = n_patch_voxels / (time.perf_counter() - start)
     return dense, patches
 
 
-def _dense_in_child(shape: tuple[int, int, int], slab: int, results) -> None:
-    net = TriplanarCNN(9).eval()
+def _dense_in_child(shape: tuple[int, int, int], slab: int, device_type: str, results) -> None:
+    device = torch.device(device_type)
+    net = TriplanarCNN(9).eval().to(device)
     volume = TriplanarVolume(torch.rand(shape), net.depth)
     start = time.perf_counter()
-    dense_probabilities(net, volume, slab=slab, progress=True)
+    # what evaluation and predict keep: the label map and the breast and CTA foreground probabilities
+    segment_volume(net, volume, channels=[7, 8], slab=slab, progress=True)
+    _synchronize(device)
     results.put((volume.interior.numel() / (time.perf_counter() - start), peak_rss_gib()))
 
 
-def time_dense_large(shape: tuple[int, int, int], slab: int) -> tuple[float, float]:
+def time_dense_large(shape: tuple[int, int, int], slab: int, device: torch.device = torch.device("cpu")) -> tuple[float, float]:
     """Voxels/s and peak RSS (GiB) of dense inference on one large volume, in a fresh process."""
     context = multiprocessing.get_context("spawn")
     results = context.Queue()
-    child = context.Process(target=_dense_in_child, args=(shape, slab, results))
+    child = context.Process(target=_dense_in_child, args=(shape, slab, device.type, results))
     child.start()
     rate, peak = results.get()
     child.join()
@@ -138,8 +152,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--cta-shape", type=int, nargs=3, default=(512, 512, 400))
     parser.add_argument("--dense-shape", type=int, nargs=3, default=(64, 64, 64))
     parser.add_argument("--patch-voxels", type=int, default=1024, help="voxels timed patch by patch")
-    parser.add_argument("--slab", type=int, default=32, help="axial slices per slab of dense inference")
+    parser.add_argument("--slab", type=int, default=16, help="axial slices per slab of dense inference")
     parser.add_argument("--large-shape", type=int, nargs=3, default=None, help="e.g. 256 256 256 (takes minutes on a CPU)")
+    parser.add_argument("--inference-only", action="store_true", help="skip the pipeline and training measurements")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides of the train config, e.g. model.depth=3")
     args = parser.parse_args(argv)
 
@@ -148,6 +163,13 @@ def main(argv: list[str] | None = None) -> None:
     tasks = ["brain", "breast", "cta"]
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     print(f"device: {device} ({torch.cuda.get_device_name() if device.type == 'cuda' else f'{torch.get_num_threads()} CPU threads'})")
+    if not args.inference_only:
+        time_pipeline_and_training(args, cfg, tasks, device)
+    time_inference(args, device)
+
+
+def time_pipeline_and_training(args: argparse.Namespace, cfg, tasks: list[str], device: torch.device) -> None:
+    """Measurements 1-4: the data pipeline, the training step, their ratio, the CTA-sized volume."""
 
     datamodule: MultiTaskDataModule = instantiate(cfg.data, tasks=tasks, radius=cfg.model.depth, seed=0)
     start = time.perf_counter()
@@ -195,13 +217,17 @@ def main(argv: list[str] | None = None) -> None:
         f"queue {rate:.1f} samples/s over {args.refills} fills, peak RSS of the process {peak_rss_gib():.2f} GiB"
     )
 
-    dense, patches = time_dense_versus_patches(tuple(args.dense_shape), args.patch_voxels, args.slab)
+
+
+def time_inference(args: argparse.Namespace, device: torch.device) -> None:
+    """Measurement 5: dense versus patch-by-patch inference, and optionally a large volume."""
+    dense, patches = time_dense_versus_patches(tuple(args.dense_shape), args.patch_voxels, args.slab, device)
     print(
         f"inference on {tuple(args.dense_shape)}: dense {dense:.0f} voxels/s, patch by patch {patches:.1f} voxels/s "
         f"(on {args.patch_voxels} voxels), ratio {dense / patches:.0f}x"
     )
     if args.large_shape:
-        rate, peak = time_dense_large(tuple(args.large_shape), args.slab)
+        rate, peak = time_dense_large(tuple(args.large_shape), args.slab, device)
         print(f"dense inference on {tuple(args.large_shape)}: {rate:.0f} voxels/s, peak RSS {peak:.2f} GiB")
 
 

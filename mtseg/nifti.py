@@ -15,6 +15,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import torch
+import torch.nn.functional as F
 import torchio as tio
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
@@ -97,13 +98,24 @@ def atomic_write_bytes(path: Path, write) -> None:
         raise
 
 
+#: Voxels by which a working-grid result is extended at its border before going back to the input grid.
+BORDER_EXTENSION = 2
+
+
 def to_input_grid(data: torch.Tensor, affine: np.ndarray, reference: tio.Image, label: bool) -> torch.Tensor:
     """Resample ``data`` ``(X, Y, Z)`` (on the grid ``affine``) onto ``reference``'s grid.
 
-    Labels use nearest neighbour, probabilities linear interpolation.
+    Labels use nearest neighbour, probabilities linear interpolation. The working grid may
+    cover slightly less than the input (resampling rounds its extent down), so its border
+    values are first extended by :data:`BORDER_EXTENSION` voxels: input voxels near the
+    border take the nearest result instead of an out-of-field 0.
     """
     image_class = tio.LabelMap if label else tio.ScalarImage
-    image = image_class(tensor=data[None], affine=affine)
+    pad = BORDER_EXTENSION
+    extended = F.pad(data[None, None].float(), (pad,) * 6, mode="replicate")[0, 0].to(data.dtype)
+    shift = np.eye(4)
+    shift[:3, 3] = -pad
+    image = image_class(tensor=extended[None], affine=affine @ shift)
     target = tio.ScalarImage(tensor=torch.zeros((1, *reference.spatial_shape)), affine=reference.affine)
     resampled = tio.Resample(target, image_interpolation="linear", label_interpolation="nearest")(image)
     out = resampled.data[0]

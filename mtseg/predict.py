@@ -140,7 +140,7 @@ def predict(args: argparse.Namespace) -> dict:
         raise ValueError(f"--task {args.task}: the network was trained for {', '.join(space.tasks)} only")
     device = select_device(args.device)
     spacings = {t: loaded.meta["preprocessing"][t]["spacing"] for t in space.tasks}
-    finest = float(min(image.spacing))
+    finest = round(float(min(image.spacing)), 6)  # headers store float32 spacings
     candidates: list[Pass] = []
     if args.task is None:
         groups: dict[str, list[str]] = {}

@@ -43,3 +43,19 @@ def test_slab_size_does_not_change_the_result(net):
 def test_volume_padding_must_match_the_network(net):
     with pytest.raises(ValueError, match="padded by 2 voxels, the network needs 3"):
         dense_probabilities(net, TriplanarVolume(torch.randn(5, 5, 5), radius=2))
+
+
+def test_segment_volume_keeps_labels_and_requested_channels_inside_the_mask(net):
+    from mtseg.inference import segment_volume
+
+    volume = TriplanarVolume(torch.randn(9, 8, 7), radius=3)
+    full = dense_probabilities(net, volume)
+    mask = torch.rand(9, 8, 7) > 0.3
+    result = segment_volume(net, volume, mask, channels=[2, 0], slab=3)
+    assert result.labels.dtype == torch.uint8
+    assert torch.equal(result.labels, torch.where(mask, full.argmax(0), 0).to(torch.uint8))  # no near-ties here
+    assert result.channels == (2, 0)
+    torch.testing.assert_close(result.probabilities[0], torch.where(mask, full[2], 0.0), atol=1e-6, rtol=0)
+    # background has probability 1 outside the mask
+    torch.testing.assert_close(result.probabilities[1], torch.where(mask, full[0], 1.0), atol=1e-6, rtol=0)
+    assert segment_volume(net, volume, channels=[]).probabilities is None

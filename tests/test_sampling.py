@@ -127,22 +127,28 @@ def test_queue_sampler_yields_labels_that_match_the_centre_voxel():
     assert set(torch.bincount(torch.stack([s["label"] for s in samples]), minlength=7).tolist()) == {8, 9}
 
 
-def test_validation_set_is_class_balanced_and_fixed():
+def test_validation_serves_whole_held_out_images_of_every_task():
     dm = toy_datamodule(["brain", "cta"])
     dm.setup()
-    planes, target, task = dm.val_set.tensors
-    assert planes.shape[1:] == (3, 7, 7)
-    # 20 voxels of each of the 7 brain classes, then 20 of each of the 2 CTA classes
-    assert torch.bincount(target[task == 0], minlength=8).tolist() == [20] * 7 + [0]
-    assert torch.bincount(target[task == 1], minlength=8).tolist() == [20] + [0] * 6 + [20]
-    assert (planes[:, :, RADIUS, RADIUS] > 0).all()
-    again = toy_datamodule(["brain", "cta"])
-    again.setup()
-    assert torch.equal(again.val_set.tensors[0], planes)
-    # a task validates on the same voxels in every experiment that includes it
-    alone = toy_datamodule(["cta"])
-    alone.setup()
-    assert torch.equal(alone.val_set.tensors[0], planes[task == 1])
+    images = list(dm.val_dataloader())
+    assert [(i.task, i.case_id) for i in images] == [("brain", "brain_10"), ("cta", "cta_10")]
+    for image in images:
+        assert image.volume.shape == tuple(image.reference.shape) == tuple(image.mask.shape) == (16, 18, 20)
+        assert image.volume.radius == RADIUS
+        assert image.reference.dtype == torch.uint8
+        assert not image.mask[:3].any() and image.mask[3:].all()  # intensity > 0 only where x > 2
+    limited = toy_datamodule(["cta"])
+    limited.val_images_per_task = 1
+    limited._raw_subjects = lambda: {"cta": {"train": [toy_subject("cta", 2)], "test": [toy_subject("cta", 2, seed=s) for s in (1, 2)]}}
+    limited.setup()
+    assert [i.case_id for i in limited.val_dataloader()] == ["cta_1"]
+    assert len(limited.held_out_images()) == 2
+
+
+def test_evaluation_setup_prepares_the_held_out_images_only():
+    dm = toy_datamodule(["brain"])
+    dm.setup("validate")
+    assert set(dm.subjects["brain"]) == {"test"}
 
 
 def test_bad_data_fails_before_training():

@@ -1,19 +1,27 @@
-"""A smoke run of `python -m mtseg.train` through Hydra with a tiny model, checking the run directory."""
+"""Tiny runs of `python -m mtseg.train` through Hydra, and of evaluate, figures and the notebooks on them."""
 
 import csv
 import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
+import matplotlib.image
+import nbformat
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
 import torch
+from nbclient import NotebookClient
 
 from mtseg.module import CHECKPOINT_KEY, MultiTaskSegmentationModule
 
 TINY = [
     "model.depth=3", "model.width=8", "model.fc_width=16",
     "schedule.minibatches_per_task=4", "schedule.eval_every=2", "data.batch_size=12",
-"data.queue.max_length=120", "data.queue.samples_per_volume=40",
+    "data.queue.max_length=120", "data.queue.samples_per_volume=40",
     "data.brain.shape=[48,48,48]", "data.breast.shape=[48,40,32]", "data.cta.shape=[48,48,40]",
     "data.brain.n_train=1", "data.breast.n_train=1", "data.cta.n_train=1",
     "data.brain.n_test=1", "data.breast.n_test=1", "data.cta.n_test=1",
@@ -29,20 +37,40 @@ def run_train(tmp_path, *overrides, multirun=False):
     return result
 
 
-def test_train_writes_the_run_directory(tmp_path):
-    result = run_train(tmp_path, "+experiment=brain_breast_cta", "hydra.run.dir=" + str(tmp_path / "run"))
-    run = tmp_path / "run"
+def run_module(module, *arguments, env=None, timeout=600):
+    env = os.environ | {"WANDB_MODE": "disabled"} | (env or {})
+    result = subprocess.run([sys.executable, "-m", module, *arguments], env=env, capture_output=True, text=True, timeout=timeout)
+    assert result.returncode == 0, result.stderr[-4000:]
+    return result
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """Experiment 7 trained for 4 mini-batches per task, evaluated at 2 and 4; two brain test images."""
+    tmp_path = tmp_path_factory.mktemp("tiny")
+    result = run_train(tmp_path, "+experiment=brain_breast_cta", "data.brain.n_test=2", "hydra.run.dir=" + str(tmp_path / "run"))
+    return tmp_path / "run", result
+
+
+def test_train_writes_the_run_directory(tiny_run):
+    run, result = tiny_run
     assert (run / ".hydra" / "config.yaml").is_file()
     summary = json.loads((run / "summary.json").read_text())
     assert summary["experiment"] == "brain_breast_cta"
     assert summary["n_classes"] == 9 and len(summary["class_names"]) == 9
     assert summary["steps"] == 12 and summary["minibatches_per_task"] == 4
     assert summary["n_params"] > 0
+    assert 0 < summary["evaluation_seconds"] < summary["train_seconds"]
     assert set(summary["dice"]) == {"brain", "breast", "cta"}
     assert set(summary["dice"]["brain"]) == set(summary["class_names"][1:7])
-    for kind in ("balanced_voxels", "whole_images"):
-        assert set(summary["intensity_baseline_dice"][kind]["cta"]) == {"coronary_arteries"}
-        assert set(summary["intensity_baseline_dice"][kind]["brain"]) == set(summary["dice"]["brain"])
+    assert set(summary["intensity_baseline_dice"]["cta"]) == {"coronary_arteries"}
+    assert set(summary["intensity_baseline_dice"]["brain"]) == set(summary["dice"]["brain"])
+    # the final whole-image evaluation: all held-out images, thresholds, confusion
+    tasks = summary["evaluation"]["tasks"]
+    assert tasks["brain"]["n_images"] == 2 and tasks["breast"]["n_images"] == 1
+    assert tasks["brain"]["operating_point"] == "argmax" and "threshold" not in tasks["brain"]
+    assert 0.0 <= tasks["cta"]["threshold"] <= 1.0
+    assert 0.0 <= tasks["breast"]["cross_task_confusion_percent"]["median"] <= 100.0
 
     with (run / "metrics.csv").open() as handle:
         rows = list(csv.DictReader(handle))
@@ -52,20 +80,74 @@ def test_train_writes_the_run_directory(tmp_path):
     assert {float(r["minibatches_per_task"]) for r in rows} == {2.0, 4.0}
     assert len(rows) == 2 * 8
     assert all(0.0 <= float(r["dice"]) <= 1.0 for r in rows if r["dice"] != "nan")
+    last = {(r["task"], r["class"]): float(r["dice"]) for r in rows if r["step"] == "12"}
+    assert last[("cta", "coronary_arteries")] == pytest.approx(summary["dice"]["cta"]["coronary_arteries"])
 
     checkpoint = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False, map_location="cpu")
     assert checkpoint["global_step"] == 12
-    assert checkpoint[CHECKPOINT_KEY]["class_names"] == summary["class_names"]
-    assert checkpoint[CHECKPOINT_KEY]["class_tasks"][7:] == ["breast", "cta"]
-    # a checkpoint says how to prepare a new image for it
-    assert checkpoint[CHECKPOINT_KEY]["preprocessing"]["cta"]["spacing"] == 0.45
-    assert checkpoint[CHECKPOINT_KEY]["preprocessing"]["brain"]["threshold"] == 0.0
-    assert checkpoint[CHECKPOINT_KEY]["pad_value"] == 0.0
+    meta = checkpoint[CHECKPOINT_KEY]
+    assert meta["class_names"] == summary["class_names"]
+    assert meta["class_tasks"][7:] == ["breast", "cta"]
+    # a checkpoint says how to prepare a new image for it, and where its test sets are
+    assert meta["preprocessing"]["cta"]["spacing"] == 0.45
+    assert meta["preprocessing"]["brain"]["threshold"] == 0.0
+    assert meta["pad_value"] == 0.0
+    assert meta["data"]["brain"]["n_test"] == 2
+    # the PR operating points of the evaluation before the save
+    assert meta["thresholds"] == {t: tasks[t]["threshold"] for t in ("breast", "cta")}
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["last.ckpt", "step0000006.ckpt", "step0000012.ckpt"]
     module = MultiTaskSegmentationModule.load_from_checkpoint(run / "checkpoints" / "last.ckpt", map_location="cpu")
     assert module.label_space.n_classes == 9
     assert "Final Dice, experiment brain_breast_cta" in result.stdout
     assert "intensity-only" in result.stdout
+    assert "Whole-image evaluations took" in result.stdout
+
+
+def test_evaluate_repeats_the_final_evaluation_and_writes_predictions_on_the_input_grid(tiny_run, tmp_path):
+    run, _ = tiny_run
+    out = tmp_path / "evaluation"
+    run_module("mtseg.evaluate", f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}", f"output_dir={out}")
+    results = json.loads((out / "results.json").read_text())
+    summary = json.loads((run / "summary.json").read_text())
+    for task, classes in summary["dice"].items():
+        for cls, dice in classes.items():
+            assert results["tasks"][task]["classes"][cls]["mean_dice"] == pytest.approx(dice, abs=1e-9, nan_ok=True) or dice is None
+    assert results["global_step"] == 12
+    with (out / "per_image.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 2 * 6 + 1 + 1
+    thresholds = json.loads((run / "checkpoints" / "last.thresholds.json").read_text())["thresholds"]
+    assert thresholds == {t: results["tasks"][t]["threshold"] for t in ("breast", "cta")}
+    written = sorted((out / "predictions").rglob("*.nii.gz"))
+    assert [p.parent.name for p in written] == ["brain", "brain", "breast", "cta"]
+    config = json.loads(json.dumps(summary))  # the phantoms' files: <data>/phantoms/<task>-*/images/<case>.nii.gz
+    for prediction in written:
+        (source,) = Path(run.parent / "data" / "phantoms").glob(f"{prediction.parent.name}-*/images/{prediction.name}")
+        assert nib.load(prediction).shape == nib.load(source).shape
+        np.testing.assert_array_equal(nib.load(prediction).affine, nib.load(source).affine)
+        labels = np.asarray(nib.load(prediction).dataobj)
+        assert labels.max() < len(config["dice"][prediction.parent.name]) + 1
+
+
+def test_figures_and_notebooks_from_a_run(tiny_run, tmp_path):
+    run, _ = tiny_run
+    run_module("mtseg.figures", str(run), "--out", str(tmp_path / "figures"))
+    for name in ("fig2_learning_curves.png", "fig3_segmentations.png"):
+        assert matplotlib.image.imread(tmp_path / "figures" / name).shape[0] > 200
+    with (tmp_path / "figures" / "results.csv").open() as handle:
+        assert len(list(csv.DictReader(handle))) == 8
+    assert "coronary_arteries" in (tmp_path / "figures" / "results.md").read_text()
+    notebooks = Path(__file__).resolve().parent.parent / "notebooks"
+    os.environ["MTSEG_RUNS"] = str(run)
+    try:
+        for name in ("learning_curves.ipynb", "segmentations.ipynb"):
+            notebook = nbformat.read(notebooks / name, as_version=4)
+            NotebookClient(notebook, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(notebooks)}}).execute()
+            outputs = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.outputs]
+            assert not [o for o in outputs if o.output_type == "error"]
+            assert any("image/png" in o.get("data", {}) for o in outputs), f"{name} shows no figure"
+    finally:
+        del os.environ["MTSEG_RUNS"]
 
 
 def test_a_final_evaluation_runs_when_the_schedule_ends_between_evaluations(tmp_path):
@@ -107,6 +189,9 @@ def test_a_sweep_gives_each_experiment_its_own_run_and_wandb_run_in_one_group(tm
     assert runs == ["0-brain-seed0", "1-breast_cta-seed0"]
     classes = [json.loads((sweep / run / "summary.json").read_text())["n_classes"] for run in runs]
     assert classes == [7, 3]
+    run_module("mtseg.figures", str(sweep))  # a sweep directory: its runs are found inside
+    assert (sweep / "figures" / "fig3_segmentations.png").is_file()
+    assert set(pd.read_csv(sweep / "figures" / "results.csv")["experiment"]) == {"brain", "breast_cta"}
     for run in runs:
         (offline,) = (sweep / run / "wandb").glob("offline-run-*")
         (record,) = offline.glob("run-*.wandb")

@@ -45,7 +45,6 @@ def toy_datamodule(tasks, batch_size=42, rare=None, subjects=None, separable=Fal
         radius=RADIUS,
         pad_value=0.0,
         queue={"max_length": 300, "samples_per_volume": 60},
-        val_samples_per_class=20,
         seed=0,
         **sources,
     )

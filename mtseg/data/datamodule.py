@@ -10,7 +10,7 @@ import lightning as L
 import numpy as np
 import torch
 import torchio as tio
-from torch.utils.data import DataLoader, IterableDataset, TensorDataset
+from torch.utils.data import DataLoader, Dataset, IterableDataset
 from tqdm.auto import tqdm
 
 from mtseg.data.augmentation import TrainingAugmentation
@@ -32,8 +32,8 @@ from mtseg.tasks import TASK_ORDER, LabelSpace, get_task
 
 log = logging.getLogger(__name__)
 
-#: What a random generator is for; part of its seed.
-SAMPLING, VALIDATION, TASK_SPLIT = 0, 1, 2
+#: What a random generator is for; part of its seed (1 was the former validation draw).
+SAMPLING, TASK_SPLIT = 0, 2
 
 
 def seeded_generator(seed: int, *keys: int) -> torch.Generator:
@@ -157,6 +157,45 @@ class TaskBalancedBatches(IterableDataset):
             }
 
 
+class HeldOutImage:
+    """One preprocessed held-out image, handed whole to the validation step.
+
+    A plain object (not a mapping or dataclass), so Lightning passes it to the step as it
+    is instead of copying its volume to the device.
+
+    Attributes:
+        task: The image's task.
+        case_id: Its case ID.
+        volume: Padded intensities.
+        reference: ``(X, Y, Z)`` task-local labels (uint8).
+        mask: ``(X, Y, Z)`` voxels above the sampling threshold.
+    """
+
+    def __init__(self, task: str, case_id: str, volume: TriplanarVolume, reference: torch.Tensor, mask: torch.Tensor):
+        self.task = task
+        self.case_id = case_id
+        self.volume = volume
+        self.reference = reference
+        self.mask = mask
+
+    @classmethod
+    def from_subject(cls, subject: tio.Subject) -> HeldOutImage:
+        return cls(subject["task"], subject["case_id"], subject[VOLUME], subject[LABEL].data[0], subject[SAMPLING_MASK].data[0].bool())
+
+
+class HeldOutImages(Dataset):
+    """The held-out images of every task, one item each (validation: whole-image evaluation)."""
+
+    def __init__(self, images: Sequence[HeldOutImage]):
+        self.images = list(images)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> HeldOutImage:
+        return self.images[index]
+
+
 class MultiTaskDataModule(L.LightningDataModule):
     """Training and held-out data of one experiment.
 
@@ -167,8 +206,9 @@ class MultiTaskDataModule(L.LightningDataModule):
         radius: Half the patch side, i.e. the model's depth.
         pad_value: Normalised intensity outside the volume.
         queue: ``max_length`` and ``samples_per_volume`` of each TorchIO queue.
-        val_samples_per_class: Held-out voxels drawn per class and task for validation.
-        seed: Seed of the sampling generators and the validation draw.
+        val_images_per_task: Held-out images per task evaluated at each learning-curve
+            evaluation (the first ones of the test split); ``None`` for all of them.
+        seed: Seed of the sampling generators.
         **sources: Per-task data config, one keyword per task (``data.<task>``): source,
             split sizes and ``preprocessing`` (``spacing``, ``threshold``, ``intensity`` transforms).
     """
@@ -181,7 +221,7 @@ class MultiTaskDataModule(L.LightningDataModule):
         radius: int,
         pad_value: float,
         queue: Mapping,
-        val_samples_per_class: int,
+        val_images_per_task: int | None = None,
         seed: int = 0,
         **sources: Mapping,
     ):
@@ -196,18 +236,17 @@ class MultiTaskDataModule(L.LightningDataModule):
         missing = [t for t in self.tasks if t not in sources]
         if missing:
             raise ValueError(f"no data config for task(s) {missing}; add data.<task> entries")
-        if val_samples_per_class < 1:
-            raise ValueError(f"data.val_samples_per_class must be positive, got {val_samples_per_class}")
+        if val_images_per_task is not None and val_images_per_task < 1:
+            raise ValueError(f"data.val_images_per_task must be positive or null (all), got {val_images_per_task}")
         self.sources = {t: sources[t] for t in self.tasks}
         self.root = Path(root)
         self.batch_size = batch_size
         self.radius = radius
         self.pad_value = pad_value
         self.queue_cfg = dict(queue)
-        self.val_samples_per_class = val_samples_per_class
+        self.val_images_per_task = val_images_per_task
         self.seed = seed
         self.subjects: dict[str, dict[str, list[tio.Subject]]] = {}
-        self.val_set: TensorDataset | None = None
 
     def _raw_subjects(self) -> dict[str, dict[str, list[tio.Subject]]]:
         return {task: task_subjects(task, self.sources[task], self.root) for task in self.tasks}
@@ -217,14 +256,21 @@ class MultiTaskDataModule(L.LightningDataModule):
         self._raw_subjects()
 
     def setup(self, stage: str | None = None) -> None:
-        """Load and preprocess every subject once; check the data; draw the validation voxels."""
+        """Load and preprocess every subject once; check the data.
+
+        ``stage`` ``"validate"`` or ``"test"`` (evaluating a trained network) prepares the
+        held-out images only.
+        """
         if self.subjects:
             return
+        held_out_only = stage in ("validate", "test")
         raw = self._raw_subjects()
+        if held_out_only:
+            raw = {task: {"test": splits.get("test", [])} for task, splits in raw.items()}
         for task, splits in raw.items():  # every file of every task is checked before any preprocessing
             log.info("%s", check_subjects(splits, task, f"data.{task} ({self.sources[task]['source']})").format())
         for task, splits in raw.items():
-            if not splits.get("train"):
+            if not held_out_only and not splits.get("train"):
                 raise ValueError(f"task {task!r} has no training images (data.{task}.source={self.sources[task]['source']})")
             if not splits.get("test"):
                 raise ValueError(f"task {task!r} has no held-out images for validation")
@@ -240,8 +286,8 @@ class MultiTaskDataModule(L.LightningDataModule):
                 ]
                 for split, subjects in splits.items()
             }
-            self._set_class_quotas(task)
-        self.val_set = self._draw_validation_set()
+            if not held_out_only:
+                self._set_class_quotas(task)
 
     def _prepare(self, subject: tio.Subject, transform) -> tio.Subject:
         return prepare_subject(subject, transform, self.radius, self.pad_value)
@@ -263,31 +309,13 @@ class MultiTaskDataModule(L.LightningDataModule):
             subject[NUM_SAMPLES] = max(1, round(float(quota.sum())))
             subject.update_attributes()
 
-    def _draw_validation_set(self) -> TensorDataset:
-        """``val_samples_per_class`` held-out voxels of every class of every task, drawn once.
-
-        Each class's draw is split over the task's held-out images in proportion to the
-        image's voxels of that class. Dice on this class-balanced set measures how well
-        classes are told apart; it is not the Dice of whole images (rare classes weigh as
-        much as background here).
-        """
-        planes, targets, task_ids = [], [], []
-        for task_id, task in enumerate(self.tasks):
-            # seeded by the task, not its place in the experiment: every experiment
-            # with this task validates on the same voxels
-            generator = seeded_generator(self.seed, VALIDATION, TASK_ORDER.index(task))
-            lut = self.label_space.global_labels(task)
-            subjects = self.subjects[task]["test"]
-            totals = sum(s[CLASS_INDEX].counts for s in subjects)
-            for cls in torch.nonzero(totals).flatten().tolist():
-                per_subject = torch.stack([s[CLASS_INDEX].counts[cls] for s in subjects]).double()
-                share = torch.multinomial(per_subject, self.val_samples_per_class, True, generator=generator)
-                for subject, n in zip(subjects, torch.bincount(share, minlength=len(subjects)).tolist()):
-                    if n:
-                        planes.append(subject[VOLUME].extract(subject[CLASS_INDEX].draw(cls, n, generator)))
-                        targets.append(torch.full((n,), int(lut[cls])))
-                        task_ids.append(torch.full((n,), task_id))
-        return TensorDataset(torch.cat(planes), torch.cat(targets), torch.cat(task_ids))
+    def held_out_images(self, limit: int | None = None) -> list[HeldOutImage]:
+        """The first ``limit`` (all if ``None``) preprocessed held-out images of every task."""
+        return [
+            HeldOutImage.from_subject(subject)
+            for task in self.tasks
+            for subject in self.subjects[task]["test"][:limit]
+        ]
 
     def _queue(self, task: str) -> tio.Queue:
         cfg = self.queue_cfg
@@ -314,4 +342,6 @@ class MultiTaskDataModule(L.LightningDataModule):
         return DataLoader(self.train_batches(max_steps if max_steps > 0 else None), batch_size=None, num_workers=0)
 
     def val_dataloader(self) -> DataLoader:
-        return DataLoader(self.val_set, batch_size=max(self.batch_size, 64), shuffle=False)
+        """Whole held-out images, one per step (``data.val_images_per_task`` per task)."""
+        images = HeldOutImages(self.held_out_images(self.val_images_per_task))
+        return DataLoader(images, batch_size=None, shuffle=False)

@@ -1,0 +1,57 @@
+"""Write the paper's figures and the results table from run or sweep directories.
+
+``python -m mtseg.figures outputs/sweeps/<time> [more runs or sweeps] [--out DIR]`` writes
+``fig2_learning_curves.png``, ``fig3_segmentations.png``, ``results.csv`` and ``results.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from mtseg.nifti import atomic_write_bytes, check_writable_folder
+from mtseg.plots import find_runs, plot_learning_curves, plot_segmentations, results_frame, segmentation_panels
+
+
+def write_figures(paths: list[str], out: Path, dpi: int = 120) -> dict[str, Path]:
+    """Write both figures and the results table into ``out``; returns what was written."""
+    runs = find_runs(paths)
+    check_writable_folder(out)
+    written = {}
+    figure = plot_learning_curves(runs)
+    written["fig2"] = out / "fig2_learning_curves.png"
+    atomic_write_bytes(written["fig2"], lambda tmp: figure.savefig(tmp, dpi=dpi, format="png"))
+    figure = plot_segmentations(segmentation_panels(runs))
+    written["fig3"] = out / "fig3_segmentations.png"
+    atomic_write_bytes(written["fig3"], lambda tmp: figure.savefig(tmp, dpi=dpi, format="png"))
+    table = results_frame(runs)
+    if not table.empty:
+        written["csv"] = out / "results.csv"
+        atomic_write_bytes(written["csv"], lambda tmp: table.to_csv(tmp, index=False))
+        pivot = table.pivot_table(index=["task", "class"], columns="experiment_number", values="mean_dice", sort=False)
+        pivot.columns = [f"exp. {c}" for c in pivot.columns]
+        written["md"] = out / "results.md"
+        atomic_write_bytes(written["md"], lambda tmp: Path(tmp).write_text(pivot.round(3).reset_index().to_markdown(index=False) + "\n"))
+    return written
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m mtseg.figures", description=__doc__.split("\n\n")[0])
+    parser.add_argument("paths", nargs="+", help="run directories or sweep directories")
+    parser.add_argument("--out", help="output folder (default: <the one sweep or run>/figures, else ./figures)")
+    parser.add_argument("--dpi", type=int, default=120)
+    args = parser.parse_args(argv)
+    out = Path(args.out) if args.out else (Path(args.paths[0]) / "figures" if len(args.paths) == 1 else Path("figures"))
+    try:
+        written = write_figures(args.paths, out, args.dpi)
+    except (FileNotFoundError, PermissionError, ValueError) as error:
+        print(f"mtseg.figures: error: {error}", file=sys.stderr)
+        return 1
+    for path in written.values():
+        print(f"Wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,247 @@
+"""The paper's figures from run and sweep directories: Fig. 2 (learning curves) and Fig. 3 (segmentations).
+
+Shared by ``python -m mtseg.figures`` and the notebooks in ``notebooks/``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless by default; notebooks switch to their inline backend themselves
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import torch  # noqa: E402
+from matplotlib.colors import ListedColormap  # noqa: E402
+from matplotlib.patches import Rectangle  # noqa: E402
+
+from mtseg.tasks import EXPERIMENTS, TASK_ORDER, TASKS  # noqa: E402
+
+#: One colour per experiment, numbered as in the paper's Fig. 1.
+EXPERIMENT_COLOURS = dict(zip(EXPERIMENTS, ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#000000")))
+#: Label colours of the segmentation panels (index 0, background, is transparent).
+LABEL_COLOURS = ListedColormap(
+    [(0, 0, 0, 0), "#e6194b", "#3cb44b", "#ffe119", "#4363d8", "#f58231", "#911eb4", "#46f0f0"]
+)
+
+
+@dataclass
+class RunRecord:
+    """What a training run left in its directory."""
+
+    path: Path
+    experiment: str
+    seed: int
+    metrics: pd.DataFrame
+    summary: dict | None = None
+    checkpoint: Path | None = None
+
+    @property
+    def number(self) -> int:
+        """The experiment's number in the paper's Fig. 1 (1..7)."""
+        return list(EXPERIMENTS).index(self.experiment) + 1
+
+
+def is_run_dir(path: Path) -> bool:
+    return (path / "metrics.csv").is_file() and (path / ".hydra" / "config.yaml").is_file()
+
+
+def load_run(path: str | Path) -> RunRecord:
+    """Read one run directory (``metrics.csv``, ``summary.json``, ``checkpoints/last.ckpt``)."""
+    path = Path(path)
+    if not is_run_dir(path):
+        raise ValueError(f"{path} is not an mtseg run directory (no metrics.csv and .hydra/config.yaml)")
+    from omegaconf import OmegaConf
+
+    config = OmegaConf.load(path / ".hydra" / "config.yaml")
+    summary_path = path / "summary.json"
+    checkpoint = path / "checkpoints" / "last.ckpt"
+    return RunRecord(
+        path,
+        str(config.experiment),
+        int(config.seed),
+        pd.read_csv(path / "metrics.csv"),
+        json.loads(summary_path.read_text()) if summary_path.is_file() else None,
+        checkpoint if checkpoint.is_file() else None,
+    )
+
+
+def find_runs(paths: Iterable[str | Path]) -> list[RunRecord]:
+    """Every run in ``paths``: run directories, or sweep directories holding runs (searched recursively)."""
+    runs = []
+    for path in map(Path, paths):
+        if not path.exists():
+            raise FileNotFoundError(f"{path} does not exist")
+        found = [path] if is_run_dir(path) else sorted(p.parent for p in path.rglob("metrics.csv") if is_run_dir(p.parent))
+        if not found:
+            raise ValueError(f"{path} holds no mtseg run (a run directory has metrics.csv and .hydra/config.yaml)")
+        runs += [load_run(p) for p in found]
+    return sorted(runs, key=lambda r: (r.number, r.seed, str(r.path)))
+
+
+def plot_learning_curves(runs: Sequence[RunRecord]) -> plt.Figure:
+    """Fig. 2: one panel per class, Dice against mini-batches per task, one line per run.
+
+    Colours are the experiments of Fig. 1; a run of an experiment with a seed other than the
+    lowest seen for it is dashed (the paper's repeated experiment 1).
+    """
+    classes = [(task, cls) for task in TASK_ORDER for cls in TASKS[task].classes]
+    present = [(t, c) for t, c in classes if any(((r.metrics["task"] == t) & (r.metrics["class"] == c)).any() for r in runs)]
+    if not present:
+        raise ValueError("the runs hold no learning-curve rows (metrics.csv is empty)")
+    n_cols = 3
+    n_rows = -(-len(present) // n_cols)
+    figure, axes = plt.subplots(n_rows, n_cols, figsize=(4 * n_cols, 3 * n_rows), squeeze=False, sharex=True)
+    first_seed = {}
+    for run in runs:
+        first_seed.setdefault(run.experiment, run.seed)
+    for ax, (task, cls) in zip(axes.flat, present):
+        for run in runs:
+            rows = run.metrics[(run.metrics["task"] == task) & (run.metrics["class"] == cls)].sort_values("minibatches_per_task")
+            if rows.empty:
+                continue
+            dashed = run.seed != first_seed[run.experiment]
+            ax.plot(
+                rows["minibatches_per_task"], rows["dice"], color=EXPERIMENT_COLOURS[run.experiment],
+                linestyle="--" if dashed else "-", marker=".",
+                label=f"{run.number}: {run.experiment}" + (f" (seed {run.seed})" if dashed else ""),
+            )
+        ax.set_title(f"{task}: {cls.replace('_', ' ')}", fontsize=10)
+        ax.set_ylim(0, 1)
+        ax.grid(alpha=0.3)
+    for ax in axes[-1]:
+        ax.set_xlabel("mini-batches per task")
+    for ax in axes[:, 0]:
+        ax.set_ylabel("Dice")
+    for ax in list(axes.flat)[len(present):]:
+        ax.axis("off")
+    handles, labels = {}, {}
+    for ax in axes.flat:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(label, handle)
+    figure.legend(handles.values(), handles.keys(), loc="lower right", fontsize=8, title="experiment")
+    figure.suptitle("Learning curves: whole-image Dice on held-out images")
+    figure.tight_layout()
+    return figure
+
+
+@dataclass
+class SegmentationPanel:
+    """One task's row of Fig. 3: an axial slice, its reference and each network's segmentation."""
+
+    task: str
+    case_id: str
+    slice_index: int
+    image: np.ndarray
+    reference: np.ndarray
+    segmentations: dict[str, np.ndarray] = field(default_factory=dict)  # experiment -> task-local labels
+    patch_size: int = 51
+
+
+def segmentation_panels(runs: Sequence[RunRecord], data_overrides: dict | None = None) -> list[SegmentationPanel]:
+    """For the first test image of each task: one axial slice segmented by every run's last checkpoint.
+
+    Only the slice's slab is inferred (the stack over the axial slice and the sagittal and
+    coronal slices cropped to its margin), so this is quick even on a CPU.
+    """
+    from mtseg.checkpoint import load_checkpoint
+    from mtseg.data.datamodule import HeldOutImage
+    from mtseg.evaluate import test_datamodule
+    from mtseg.evaluation import example_slice
+    from mtseg.inference import slab_logits
+    from mtseg.predict import threshold_for
+
+    panels: dict[str, SegmentationPanel] = {}
+    images: dict[str, HeldOutImage] = {}
+    for run in runs:
+        if run.checkpoint is None:
+            continue
+        loaded = load_checkpoint(run.checkpoint)
+        space = loaded.label_space
+        for task in space.tasks:
+            if task not in images:
+                datamodule = test_datamodule(loaded, data_overrides or {})
+                for t in space.tasks:
+                    if t not in images:
+                        images[t] = HeldOutImage.from_subject(datamodule.subjects[t]["test"][0])
+            image = images[task]
+            z = example_slice(image.reference)
+            panel = panels.setdefault(
+                task,
+                SegmentationPanel(
+                    task, image.case_id, z, image.volume.interior[..., z].numpy().copy(),
+                    image.reference[..., z].numpy().copy(), patch_size=loaded.net.patch_size,
+                ),
+            )
+            if run.experiment in panel.segmentations:
+                continue  # one network per experiment (the first seed)
+            with torch.no_grad():
+                loaded.net.eval()
+                probabilities = slab_logits(loaded.net, image.volume, z, z + 1)[..., 0].softmax(0)
+            labels = probabilities.argmax(0)
+            labels[~image.mask[..., z]] = 0
+            threshold, _ = threshold_for(loaded, task) if TASKS[task].operating_point == "pr_threshold" else (None, "")
+            if threshold is not None:
+                channel = space.task_classes(task)[1]
+                local = ((probabilities[channel] >= threshold) & image.mask[..., z]).to(torch.uint8)
+            else:
+                local = space.to_local(task)[labels.long()]
+            panel.segmentations[run.experiment] = local.numpy()
+    return [panels[t] for t in TASK_ORDER if t in panels]
+
+
+def _show(ax, image: np.ndarray, labels: np.ndarray | None, title: str, border: str | None = None) -> None:
+    # RAS axial slice (x, y): anterior up, the subject's right on the right (neurological convention)
+    ax.imshow(image.T, cmap="gray", origin="lower")
+    if labels is not None:
+        ax.imshow(np.ma.masked_equal(labels.T, 0), cmap=LABEL_COLOURS, vmin=0, vmax=LABEL_COLOURS.N - 1,
+                  origin="lower", interpolation="nearest", alpha=0.6)
+    ax.set_title(title, fontsize=9)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    if border:
+        for spine in ax.spines.values():
+            spine.set_edgecolor(border)
+            spine.set_linewidth(3)
+
+
+def plot_segmentations(panels: Sequence[SegmentationPanel]) -> plt.Figure:
+    """Fig. 3: per task, the image (with one input patch), the reference and each experiment's segmentation."""
+    if not panels:
+        raise ValueError("no segmentations to show (the runs have no checkpoints/last.ckpt)")
+    n_cols = 2 + max(len(p.segmentations) for p in panels)
+    figure, axes = plt.subplots(len(panels), n_cols, figsize=(2.6 * n_cols, 2.8 * len(panels)), squeeze=False)
+    for row, panel in zip(axes, panels):
+        _show(row[0], panel.image, None, f"{panel.task}: {panel.case_id}, z={panel.slice_index}")
+        cx, cy = np.array(panel.image.shape) // 2
+        half = panel.patch_size // 2
+        row[0].add_patch(Rectangle((cx - half, cy - half), panel.patch_size, panel.patch_size, fill=False, edgecolor="yellow", linewidth=1))
+        _show(row[1], panel.image, panel.reference, "reference")
+        ordered = sorted(panel.segmentations, key=list(EXPERIMENTS).index)
+        for ax, experiment in zip(row[2:], ordered):
+            number = list(EXPERIMENTS).index(experiment) + 1
+            _show(ax, panel.image, panel.segmentations[experiment], f"{number}: {experiment}", EXPERIMENT_COLOURS[experiment])
+        for ax in row[2 + len(ordered):]:
+            ax.axis("off")
+    figure.suptitle("Segmentations of one held-out image per task (borders: experiment colours of Fig. 2)")
+    figure.tight_layout()
+    return figure
+
+
+def results_frame(runs: Sequence[RunRecord]) -> pd.DataFrame:
+    """The results table: final whole-image evaluation of every run, one row per run and class."""
+    from mtseg.evaluation import results_table
+
+    rows = []
+    for run in runs:
+        if run.summary is None or not run.summary.get("evaluation"):
+            continue
+        for row in results_table({run.experiment: run.summary["evaluation"]}):
+            rows.append({"experiment_number": run.number, "seed": run.seed, **row,
+                         "minibatches_per_task": run.summary["minibatches_per_task"]})
+    return pd.DataFrame(rows)

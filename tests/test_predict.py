@@ -1,0 +1,132 @@
+"""python -m mtseg.predict: geometry round trip, task recognition, thresholds and bad input."""
+
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from scipy.spatial.transform import Rotation
+
+from checkpoints import write_checkpoint
+from mtseg.predict import main
+
+# experiment brain_breast: channels 0 background, 1-6 brain tissues, 7 pectoral muscle
+PECTORAL, WHITE_MATTER = 7, 1
+
+
+def oblique_anisotropic_image(path, shape=(20, 17, 9), spacing=(0.9, 1.2, 2.5), seed=0):
+    rng = np.random.default_rng(seed)
+    affine = np.eye(4)
+    affine[:3, :3] = Rotation.from_euler("xyz", [20, -10, 35], degrees=True).as_matrix() @ np.diag(spacing)
+    affine[:3, 3] = [12.5, -30.0, 7.0]
+    data = rng.uniform(10, 100, size=shape).astype(np.float32)
+    nib.save(nib.Nifti1Image(data, affine), path)
+    return path
+
+
+@pytest.fixture
+def breast_network(tmp_path):
+    return write_checkpoint(tmp_path / "breast.ckpt", ["brain", "breast"], bias={PECTORAL: 20.0}, thresholds={"breast": 0.5})
+
+
+def test_label_map_has_the_input_grid_and_the_recognised_task(tmp_path, breast_network, capsys):
+    image = oblique_anisotropic_image(tmp_path / "scan.nii.gz")
+    out = tmp_path / "seg.nii.gz"
+    assert main(["--checkpoint", str(breast_network), "--input", str(image), "--output", str(out),
+                 "--probabilities", str(tmp_path / "probabilities")]) == 0
+    source, result = nib.load(image), nib.load(out)
+    assert result.shape == source.shape
+    np.testing.assert_array_equal(result.affine, source.affine)
+    assert result.get_data_dtype() == np.uint8
+    assert set(np.unique(np.asarray(result.dataobj))) == {1}  # pectoral muscle, task-local label 1
+    report = json.loads((tmp_path / "seg.json").read_text())
+    assert report["task"] == "breast" and report["recognised"] and not report["low_confidence"]
+    assert report["dominance"] == pytest.approx(1.0)
+    # recognised at the finest input spacing (0.9 mm), then segmented at breast's own 1.3 mm
+    assert report["working_spacing_mm"] == 1.3
+    assert [p["spacing_mm"] for p in report["recognition_passes"]] == [0.9]
+    assert report["threshold"] == 0.5 and "checkpoint" in report["threshold_from"]
+    assert report["labels"] == {"0": "background", "1": "pectoral_muscle"}
+    probabilities = sorted(p.name for p in (tmp_path / "probabilities").iterdir())
+    assert len(probabilities) == 8 and "pectoral_muscle.nii.gz" in probabilities
+    pectoral = nib.load(tmp_path / "probabilities" / "pectoral_muscle.nii.gz")
+    assert pectoral.shape == source.shape and np.array_equal(pectoral.affine, source.affine)
+    assert "Task: breast (recognised" in capsys.readouterr().out
+
+
+def test_a_pinned_task_uses_its_preprocessing_and_a_threshold_from_evaluation(tmp_path, breast_network):
+    (tmp_path / "breast.thresholds.json").write_text(json.dumps({"thresholds": {"breast": 0.999999}}))
+    image = oblique_anisotropic_image(tmp_path / "scan.nii.gz")
+    out = tmp_path / "seg.nii.gz"
+    assert main(["--checkpoint", str(breast_network), "--input", str(image), "--output", str(out), "--task", "brain"]) == 0
+    report = json.loads((tmp_path / "seg.json").read_text())
+    assert report["task"] == "brain" and report["task_given"] and report["working_spacing_mm"] == 1.0
+    assert report["recognition_passes"] == []
+    # every voxel's argmax is the pectoral muscle, which is another task's class: background for brain
+    assert report["voxels_per_label"]["0"] == int(np.prod(nib.load(image).shape))
+    assert report["low_confidence"]
+    assert main(["--checkpoint", str(breast_network), "--input", str(image), "--output", str(out), "--task", "breast"]) == 0
+    report = json.loads((tmp_path / "seg.json").read_text())
+    assert report["threshold"] == 0.999999 and "evaluation" in report["threshold_from"]
+
+
+def test_an_image_the_network_finds_nothing_in_is_low_confidence_not_a_crash(tmp_path, capsys):
+    network = write_checkpoint(tmp_path / "blind.ckpt", ["brain", "breast"], bias={0: 20.0})
+    image = oblique_anisotropic_image(tmp_path / "scan.nii.gz")
+    assert main(["--checkpoint", str(network), "--input", str(image), "--output", str(tmp_path / "seg.nii.gz")]) == 0
+    report = json.loads((tmp_path / "seg.json").read_text())
+    assert not report["recognised"] and report["low_confidence"]
+    assert report["foreground_percent"] == 0.0
+    assert "WARNING: low confidence" in capsys.readouterr().out
+    assert (tmp_path / "seg.nii.gz").is_file()
+
+
+def test_dominance_is_the_recognised_task_share_of_labelled_foreground():
+    from mtseg.predict import Pass
+
+    mixed = Pass(("brain",), 1.0, np.eye(4), torch.zeros(1), None, {"brain": 60, "breast": 40})
+    assert mixed.recognised == ("brain", pytest.approx(0.6))
+    assert Pass(("brain",), 1.0, np.eye(4), torch.zeros(1), None, {"brain": 0, "breast": 0}).recognised == (None, 0.0)
+
+
+def bad(tmp_path, capsys, checkpoint, image, output, *extra):
+    before = set(p for p in tmp_path.rglob("*"))
+    code = main(["--checkpoint", str(checkpoint), "--input", str(image), "--output", str(output), *extra])
+    assert code != 0
+    assert set(p for p in tmp_path.rglob("*")) == before, "nothing may be left behind"
+    return capsys.readouterr().err
+
+
+def test_bad_input_is_a_clear_error_and_leaves_nothing(tmp_path, breast_network, capsys):
+    good = oblique_anisotropic_image(tmp_path / "scan.nii.gz")
+    out = tmp_path / "seg.nii.gz"
+    flat = tmp_path / "flat.nii.gz"
+    nib.save(nib.Nifti1Image(np.ones((8, 8), np.float32), np.eye(4)), flat)
+    assert "expected a 3-D image, got 2-D" in bad(tmp_path, capsys, breast_network, flat, out)
+    series = tmp_path / "series.nii.gz"
+    nib.save(nib.Nifti1Image(np.ones((8, 8, 8, 3), np.float32), np.eye(4)), series)
+    assert "expected a 3-D image, got 4-D" in bad(tmp_path, capsys, breast_network, series, out)
+    text = tmp_path / "scan.png"
+    text.write_bytes(b"\x89PNG not an image")
+    assert "not a NIfTI file" in bad(tmp_path, capsys, breast_network, text, out)
+    broken = tmp_path / "broken.nii.gz"
+    broken.write_bytes(b"garbage")
+    assert "cannot be read as NIfTI" in bad(tmp_path, capsys, breast_network, broken, out)
+    holes = tmp_path / "holes.nii.gz"
+    data = np.ones((8, 8, 8), np.float32)
+    data[2, 2, 2] = np.nan
+    nib.save(nib.Nifti1Image(data, np.eye(4)), holes)
+    assert "NaN or infinite" in bad(tmp_path, capsys, breast_network, holes, out)
+    assert "does not exist" in bad(tmp_path, capsys, breast_network, tmp_path / "missing.nii.gz", out)
+    foreign = tmp_path / "foreign.ckpt"
+    torch.save({"state_dict": {}}, foreign)
+    assert "not an mtseg checkpoint" in bad(tmp_path, capsys, foreign, good, out)
+    garbage = tmp_path / "garbage.ckpt"
+    garbage.write_text("not a checkpoint")
+    assert "not a readable PyTorch checkpoint" in bad(tmp_path, capsys, garbage, good, out)
+    assert "folder" in bad(tmp_path, capsys, breast_network, good, tmp_path / "no" / "such" / "seg.nii.gz")
+    assert "must end in .nii or .nii.gz" in bad(tmp_path, capsys, breast_network, good, tmp_path / "seg.png")
+    (tmp_path / "taken.nii.gz").mkdir()
+    assert "is a folder" in bad(tmp_path, capsys, breast_network, good, tmp_path / "taken.nii.gz")
+    assert "trained for brain, breast only" in bad(tmp_path, capsys, breast_network, good, out, "--task", "cta")
