@@ -102,3 +102,18 @@ def test_no_half_written_output_when_the_check_fails(tmp_path):
     with pytest.raises(ValueError, match=r"case1.nii.gz: expected a 3-D image"):
         check_dataset(root, task="breast")
     assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+
+
+def test_check_of_the_miccai2012_layout_from_the_command_line(tmp_path, capsys):
+    ids = [0, 44, 100, 35, 4, 38, 23]
+    for split, offset in (("training", 0), ("testing", 10)):
+        for i in range(2):
+            image, label = volumes(offset + i, 7, label_values=ids)
+            save(tmp_path / f"{split}-images" / f"{1000 + offset + i}_3.nii", image)
+            save(tmp_path / f"{split}-labels" / f"{1000 + offset + i}_3_glm.nii", label.astype(np.int16))
+    argv = ["check", str(tmp_path), "--scheme", "miccai2012", "--images", "train=training-images,test=testing-images",
+            "--labels", "train=training-labels,test=testing-labels", "--label-suffix", "_glm"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "4 image(s) (2 train, 2 test)" in out and "labels: miccai2012" in out
+    assert all(name in out for name in ("white_matter", "cortical_grey_matter", "brain_stem", "ventricular_csf"))

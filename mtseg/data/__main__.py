@@ -1,6 +1,7 @@
 """Data set tools: ``python -m mtseg.data {check,convert-labels,build} ...``.
 
     python -m mtseg.data check PATH [--scheme miccai2012 | --task brain] [--channel 0]
+        [--images train=training-images,test=testing-images --labels ... --label-suffix _glm]
     python -m mtseg.data convert-labels --scheme miccai2012 IN OUT
     python -m mtseg.data build brain-templates [--root data] [--wheels DIR] [--force]
 """
@@ -15,10 +16,22 @@ import time
 from mtseg.tasks import TASK_ORDER
 
 
+def _folders(value: str) -> str | dict[str, str]:
+    """``NAME`` or ``train=NAME,test=NAME``."""
+    if "=" not in value:
+        return value
+    pairs = [part.split("=", 1) for part in value.split(",")]
+    return {split.strip(): name.strip() for split, name in pairs}
+
+
 def _check(args: argparse.Namespace) -> None:
     from mtseg.data.check import check_dataset
 
-    folder = {k: v for k, v in (("images", args.images), ("labels", args.labels), ("label_suffix", args.label_suffix)) if v is not None}
+    folder = {
+        key: _folders(value) if key != "label_suffix" else value
+        for key, value in (("images", args.images), ("labels", args.labels), ("label_suffix", args.label_suffix))
+        if value is not None
+    }
     split = {"file": args.split_file} if args.split_file else None
     start = time.perf_counter()
     summary = check_dataset(args.path, args.scheme, args.task, args.channel, folder, split)
@@ -52,8 +65,8 @@ def main(argv: list[str] | None = None) -> int:
     labels.add_argument("--scheme", help="label mapping scheme of conf/label_map (e.g. miccai2012)")
     labels.add_argument("--task", choices=TASK_ORDER, help="labels are already this task's (0..K)")
     check.add_argument("--channel", type=int, default=0, help="nnU-Net channel to read (default 0)")
-    check.add_argument("--images", help="NIfTI folder: image folder name (default images)")
-    check.add_argument("--labels", help="NIfTI folder: label folder name (default labels)")
+    check.add_argument("--images", help="NIfTI folder: image folder (default images), or train=NAME,test=NAME")
+    check.add_argument("--labels", help="NIfTI folder: label folder (default labels), or train=NAME,test=NAME")
     check.add_argument("--label-suffix", help="NIfTI folder: label file = <case><suffix>.nii[.gz]")
     check.add_argument("--split-file", help='JSON {"train": [...], "test": [...]} of case IDs')
     check.set_defaults(run=_check)
