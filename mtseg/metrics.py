@@ -9,7 +9,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from torchmetrics.classification import BinaryPrecisionRecallCurve
 from torchmetrics.functional.classification import multiclass_stat_scores
 
 
@@ -64,8 +63,14 @@ class OperatingPoint:
 class PooledPRCurve:
     """Precision-recall curve of a foreground probability over many images, pooled.
 
-    Wraps torchmetrics' ``BinaryPrecisionRecallCurve`` with ``n_thresholds`` evenly spaced
-    thresholds in [0, 1] (binned: memory does not grow with the number of voxels).
+    Binned like torchmetrics' ``BinaryPrecisionRecallCurve(thresholds=n)`` (``n`` evenly
+    spaced thresholds in [0, 1]; a voxel is positive at threshold ``t`` when its probability
+    is ``>= t``), so memory does not grow with the number of voxels. The counting differs:
+    each voxel is put in its threshold bin once (``torch.bucketize``) and the bins are
+    counted with one ``bincount``, where torchmetrics compares every voxel with every
+    threshold (it took 38 s for 61,440 voxels and 1001 thresholds on the 2-core machine of
+    the README; a CTA test set has 10^8 voxels). The tests check the curve against
+    torchmetrics' on the same voxels.
 
     Args:
         n_thresholds: Number of thresholds; 1001 gives steps of 0.001.
@@ -74,23 +79,35 @@ class PooledPRCurve:
     def __init__(self, n_thresholds: int = 1001):
         if n_thresholds < 2:
             raise ValueError(f"evaluation.pr_thresholds must be at least 2, got {n_thresholds}")
-        self.metric = BinaryPrecisionRecallCurve(thresholds=n_thresholds, validate_args=False)
-        self.n_positive = 0
+        self.thresholds = torch.linspace(0, 1, n_thresholds)
+        # counts[target, k]: voxels whose probability passes exactly the first k thresholds
+        self.counts = torch.zeros(2, n_thresholds + 1, dtype=torch.long)
+
+    @property
+    def n_positive(self) -> int:
+        return int(self.counts[1].sum())
 
     def update(self, probability: torch.Tensor, reference: torch.Tensor) -> None:
         """Add voxels: foreground probabilities and binary reference labels (any equal shapes)."""
+        passed = torch.bucketize(probability.reshape(-1).float(), self.thresholds, right=True)
         target = reference.reshape(-1).long()
-        self.metric.update(probability.reshape(-1).float(), target)
-        self.n_positive += int(target.sum())
+        n = len(self.thresholds) + 1
+        self.counts += torch.bincount(target * n + passed, minlength=2 * n).reshape(2, n)
+
+    def curve(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """True positives, false positives and false negatives at every threshold."""
+        # positive at threshold i: passed more than i thresholds
+        at_least = self.counts.flip(1).cumsum(1).flip(1)[:, 1:]
+        tp, fp = at_least[1], at_least[0]
+        return tp, fp, self.n_positive - tp
 
     def operating_point(self) -> OperatingPoint:
         """The threshold of highest pooled Dice (the lowest such threshold on ties)."""
         if self.n_positive == 0:
             raise ValueError("the pooled test voxels hold no foreground: the PR operating point is undefined")
-        precision, recall, thresholds = self.metric.compute()
-        precision, recall = precision[:-1].double(), recall[:-1].double()  # the last point is (1, 0) by convention
-        # no voxel predicted: precision is 0/0 (NaN) and Dice is 0 since foreground exists
-        dice = torch.where(precision + recall > 0, 2 * precision * recall / (precision + recall), 0.0)
-        dice = torch.nan_to_num(dice, nan=0.0)
+        tp, fp, fn = (c.double() for c in self.curve())
+        dice = 2 * tp / (2 * tp + fp + fn)
+        precision = torch.where(tp + fp > 0, tp / (tp + fp).clamp_min(1), torch.nan)
+        recall = tp / (tp + fn)
         best = int(torch.argmax(dice))
-        return OperatingPoint(float(thresholds[best]), float(dice[best]), precision, recall, thresholds)
+        return OperatingPoint(float(self.thresholds[best]), float(dice[best]), precision, recall, self.thresholds)

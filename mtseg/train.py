@@ -76,10 +76,12 @@ def train(cfg: DictConfig) -> dict:
 
     steps = cfg.schedule.minibatches_per_task * n_tasks
     val_every = min(cfg.schedule.eval_every, cfg.schedule.minibatches_per_task) * n_tasks
-    logger = instantiate(cfg.logger.wandb, group=wandb_group(cfg), save_dir=str(run_dir))
-    logger.log_hyperparams(
-        {**OmegaConf.to_container(cfg, resolve=True), "n_params": module.n_params, "n_tasks": n_tasks, "max_steps": steps}
-    )
+    logger = None
+    if cfg.logger.get("wandb") is not None:  # logger=none: no W&B
+        logger = instantiate(cfg.logger.wandb, group=wandb_group(cfg), save_dir=str(run_dir))
+        logger.log_hyperparams(
+            {**OmegaConf.to_container(cfg, resolve=True), "n_params": module.n_params, "n_tasks": n_tasks, "max_steps": steps}
+        )
     checkpoints = run_dir / "checkpoints"
     timer = EvaluationTimer()
     callbacks = [
@@ -94,7 +96,7 @@ def train(cfg: DictConfig) -> dict:
         val_check_interval=val_every,
         max_epochs=1,  # the training loader yields exactly max_steps mini-batches
         check_val_every_n_epoch=None,
-        logger=logger,
+        logger=logger if logger is not None else False,
         callbacks=callbacks,
         default_root_dir=str(run_dir),
     )
@@ -115,12 +117,13 @@ def train(cfg: DictConfig) -> dict:
             eval_seconds=timer.seconds,
             baseline=baseline,
         )
-        logger.experiment.summary.update({"n_params": module.n_params})
-        rows = results_table({cfg.experiment: summary["evaluation"]})
-        logger.log_table(key="results", columns=list(rows[0]), data=[list(r.values()) for r in rows])
+        if logger is not None:
+            logger.experiment.summary.update({"n_params": module.n_params})
+            rows = results_table({cfg.experiment: summary["evaluation"]})
+            logger.log_table(key="results", columns=list(rows[0]), data=[list(r.values()) for r in rows])
     finally:
-        # Close the W&B run, so the next job of a Hydra multirun starts its own.
-        logger.experiment.finish()
+        if logger is not None:  # close the W&B run, so the next job of a Hydra multirun starts its own
+            logger.experiment.finish()
     print(dice_table(summary))
     print(
         f"Whole-image evaluations took {summary['evaluation_seconds']:.0f} s of the "

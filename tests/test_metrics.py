@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 from monai.metrics import compute_dice
+from torchmetrics.functional.classification import binary_precision_recall_curve
 
 from mtseg.metrics import PooledPRCurve, dice_scores
 
@@ -56,6 +57,14 @@ def test_operating_point_is_the_threshold_of_highest_pooled_dice():
     assert point.threshold == pytest.approx(thresholds[best])
     assert point.dice == pytest.approx(dice[best], rel=1e-6)
     assert 0.0 < point.threshold < 1.0
+    # the same curve as torchmetrics' binned one
+    precision, recall, thresholds = binary_precision_recall_curve(
+        torch.from_numpy(probability), torch.from_numpy(target).long(), thresholds=101
+    )
+    torch.testing.assert_close(point.thresholds, thresholds)
+    torch.testing.assert_close(point.recall, recall[:-1].double())
+    defined = ~point.precision.isnan()
+    torch.testing.assert_close(point.precision[defined], precision[:-1].double()[defined])
 
 
 def test_operating_point_without_foreground_is_an_error():
