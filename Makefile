@@ -9,7 +9,7 @@ EXPERIMENT ?= brain_breast_cta
 EXPERIMENTS := brain,breast,cta,brain_breast,brain_cta,breast_cta,brain_breast_cta
 ARGS ?=
 
-.PHONY: install demo train sweep test bench data-brain clean
+.PHONY: install demo train sweep figures test bench data-brain clean
 
 install: $(VENV)/.installed
 
@@ -31,6 +31,13 @@ train: install
 # All seven experiments as one Hydra multirun (one W&B group); repeats: ARGS="seed=0,1"
 sweep: install
 	$(BIN)/python -m mtseg.train -m +experiment=$(EXPERIMENTS) $(ARGS)
+
+# Fig. 2, Fig. 3 and the results table of a sweep (default: the newest) or of runs:
+# make figures RUNS="outputs/sweeps/<date_time>"
+RUNS ?= $(lastword $(sort $(wildcard outputs/sweeps/*)))
+figures: install
+	@test -n "$(RUNS)" || { echo "no sweep under outputs/sweeps: run make sweep first or pass RUNS=<run or sweep folders>"; exit 1; }
+	$(BIN)/python -m mtseg.figures $(RUNS) $(ARGS)
 
 test: install
 	WANDB_MODE=disabled $(BIN)/python -m pytest -q
