@@ -65,7 +65,7 @@ class Pass:
     spacing: float | str
     affine: np.ndarray
     labels: torch.Tensor
-    probabilities: torch.Tensor | None
+    probabilities: dict[int, torch.Tensor]  # output channel -> probability volume, for the kept channels
     foreground_per_task: dict[str, int] = field(default_factory=dict)
 
     @property
@@ -91,7 +91,7 @@ def run_pass(
     image: tio.ScalarImage,
     tasks: tuple[str, ...],
     spacing: float | str,
-    keep_probabilities: bool,
+    channels: list[int] | None,
     device: torch.device,
     slab: int,
 ) -> Pass:
@@ -106,13 +106,12 @@ def run_pass(
         "Segmenting at %s mm (%s preprocessing), %d x %d x %d voxels",
         spacing if isinstance(spacing, str) else f"{spacing:.3g}", tasks[0], *volume.shape,
     )
-    segmentation = segment_volume(
-        loaded.net.to(device), volume, mask, None if keep_probabilities else [], slab=slab, progress=None
-    )
+    segmentation = segment_volume(loaded.net.to(device), volume, mask, channels, slab=slab, progress=None)
     space = loaded.label_space
     counts = torch.bincount(segmentation.labels.flatten().long(), minlength=space.n_classes)
     per_task = {t: int(counts[space.task_classes(t)[1:]].sum()) for t in space.tasks}
-    return Pass(tasks, spacing, prepared[IMAGE].affine, segmentation.labels, segmentation.probabilities, per_task)
+    kept = {} if segmentation.probabilities is None else dict(zip(segmentation.channels, segmentation.probabilities))
+    return Pass(tasks, spacing, prepared[IMAGE].affine, segmentation.labels, kept, per_task)
 
 
 def threshold_for(loaded: LoadedCheckpoint, task: str) -> tuple[float | None, str]:
@@ -129,9 +128,8 @@ def threshold_for(loaded: LoadedCheckpoint, task: str) -> tuple[float | None, st
 
 def predict(args: argparse.Namespace) -> dict:
     """Segment ``args.input``; write the label map, the sidecar and optionally probabilities."""
-    output = check_writable(args.output)
+    output = check_writable(args.output)  # the sidecar goes into the same folder
     sidecar = sidecar_path(output)
-    check_writable(output)  # the sidecar lives in the same folder
     probability_dir = check_writable_folder(args.probabilities) if args.probabilities else None
     image = read_image(args.input)
     loaded = load_checkpoint(args.checkpoint)
@@ -141,13 +139,18 @@ def predict(args: argparse.Namespace) -> dict:
     device = select_device(args.device)
     spacings = {t: loaded.meta["preprocessing"][t]["spacing"] for t in space.tasks}
     finest = round(float(min(image.spacing)), 6)  # headers store float32 spacings
+    # probabilities kept: every channel for --probabilities, else the foreground of each
+    # task evaluated at a PR threshold (one channel each)
+    channels = None if args.probabilities else [
+        space.task_classes(t)[1] for t in space.tasks if TASKS[t].operating_point == "pr_threshold"
+    ]
     candidates: list[Pass] = []
     if args.task is None:
         groups: dict[str, list[str]] = {}
         for task in space.tasks:
             groups.setdefault(_preprocessing_key(loaded.meta["preprocessing"][task]), []).append(task)
         for tasks in groups.values():
-            candidates.append(run_pass(loaded, image, tuple(tasks), finest, args.probabilities is not None, device, args.slab))
+            candidates.append(run_pass(loaded, image, tuple(tasks), finest, channels, device, args.slab))
         best = max(candidates, key=lambda p: (p.recognised[1], p.foreground))
         task, dominance = best.recognised
         recognised = task is not None
@@ -156,11 +159,11 @@ def predict(args: argparse.Namespace) -> dict:
         final = best
         trained = spacings[task]
         if isinstance(trained, str) or abs(float(trained) - finest) > 0.01 * float(trained):
-            final = run_pass(loaded, image, (task,), trained, args.probabilities is not None, device, args.slab)
+            final = run_pass(loaded, image, (task,), trained, channels, device, args.slab)
             dominance = final.recognised[1] if final.recognised[0] == task else dominance
     else:
         task = args.task
-        final = run_pass(loaded, image, (task,), spacings[task], args.probabilities is not None, device, args.slab)
+        final = run_pass(loaded, image, (task,), spacings[task], channels, device, args.slab)
         recognised, dominance = False, final.recognised[1] if final.recognised[0] == task else 0.0
 
     foreground_percent = 100.0 * final.foreground / final.labels.numel()
@@ -170,12 +173,7 @@ def predict(args: argparse.Namespace) -> dict:
     if spec.operating_point == "pr_threshold":
         threshold, threshold_source = threshold_for(loaded, task)
     if threshold is not None:
-        channel = space.task_classes(task)[1]
-        probability = final.probabilities[channel] if final.probabilities is not None else None
-        if probability is None:  # probabilities were not kept: rerun keeping the task's channel only
-            final = run_pass(loaded, image, (task,), final.spacing, True, device, args.slab)
-            probability = final.probabilities[channel]
-        local = (probability >= threshold).to(torch.uint8)
+        local = (final.probabilities[space.task_classes(task)[1]] >= threshold).to(torch.uint8)
     else:
         local = space.to_local(task)[final.labels.long()]
     labels = to_input_grid(local, final.affine, image, label=True)

@@ -85,9 +85,9 @@ def test_an_image_the_network_finds_nothing_in_is_low_confidence_not_a_crash(tmp
 def test_dominance_is_the_recognised_task_share_of_labelled_foreground():
     from mtseg.predict import Pass
 
-    mixed = Pass(("brain",), 1.0, np.eye(4), torch.zeros(1), None, {"brain": 60, "breast": 40})
+    mixed = Pass(("brain",), 1.0, np.eye(4), torch.zeros(1), {}, {"brain": 60, "breast": 40})
     assert mixed.recognised == ("brain", pytest.approx(0.6))
-    assert Pass(("brain",), 1.0, np.eye(4), torch.zeros(1), None, {"brain": 0, "breast": 0}).recognised == (None, 0.0)
+    assert Pass(("brain",), 1.0, np.eye(4), torch.zeros(1), {}, {"brain": 0, "breast": 0}).recognised == (None, 0.0)
 
 
 def bad(tmp_path, capsys, checkpoint, image, output, *extra):
