@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import sys
 from pathlib import Path
 
 import hydra
@@ -145,7 +146,12 @@ def summary_lines(results: dict) -> str:
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="evaluate")
 def main(cfg: DictConfig) -> None:
-    evaluate(cfg)
+    try:
+        evaluate(cfg)
+    except (FileNotFoundError, PermissionError, ValueError) as error:  # bad input: a message, not a traceback
+        log.error("%s", error)
+        print(f"mtseg.evaluate: error: {error}", file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

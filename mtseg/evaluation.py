@@ -236,11 +236,12 @@ class WholeImageEvaluator:
         """
         if labels.shape != reference.shape:
             raise ValueError(f"{case_id}: prediction {tuple(labels.shape)} and reference {tuple(reference.shape)} differ")
-        alien = self.label_space.alien_channels(task)[labels.long()]
+        counts = torch.bincount(labels.flatten(), minlength=self.label_space.n_classes)  # no int64 copy of the volume
+        alien = int(counts[self.label_space.alien_channels(task)].sum())
         entry = {
             "case_id": case_id,
             "reference": reference.to(torch.uint8),
-            "alien_percent": 100.0 * float(alien.sum()) / alien.numel(),
+            "alien_percent": 100.0 * alien / labels.numel(),
         }
         if task in self._curves:
             if probability is None:

@@ -17,15 +17,14 @@ from mtseg.plots import find_runs, plot_learning_curves, plot_segmentations, res
 def write_figures(paths: list[str], out: Path, dpi: int = 120) -> dict[str, Path]:
     """Write both figures and the results table into ``out``; returns what was written."""
     runs = find_runs(paths)
-    check_writable_folder(out)
-    written = {}
-    figure = plot_learning_curves(runs)
-    written["fig2"] = out / "fig2_learning_curves.png"
-    atomic_write_bytes(written["fig2"], lambda tmp: figure.savefig(tmp, dpi=dpi, format="png"))
-    figure = plot_segmentations(segmentation_panels(runs))
-    written["fig3"] = out / "fig3_segmentations.png"
-    atomic_write_bytes(written["fig3"], lambda tmp: figure.savefig(tmp, dpi=dpi, format="png"))
+    # everything is computed before anything is written: a failure leaves no partial set
+    learning_curves = plot_learning_curves(runs)
+    segmentations = plot_segmentations(segmentation_panels(runs))
     table = results_frame(runs)
+    check_writable_folder(out)
+    written = {"fig2": out / "fig2_learning_curves.png", "fig3": out / "fig3_segmentations.png"}
+    atomic_write_bytes(written["fig2"], lambda tmp: learning_curves.savefig(tmp, dpi=dpi, format="png"))
+    atomic_write_bytes(written["fig3"], lambda tmp: segmentations.savefig(tmp, dpi=dpi, format="png"))
     if not table.empty:
         written["csv"] = out / "results.csv"
         atomic_write_bytes(written["csv"], lambda tmp: table.to_csv(tmp, index=False))

@@ -24,8 +24,16 @@ from mtseg.model import TriplanarCNN
 
 
 def _stack(net: TriplanarCNN, slices: torch.Tensor, batch: int) -> torch.Tensor:
-    """The shared stack on ``(N, H, W)`` padded slices, ``batch`` at a time: ``(N, width, H-2d, W-2d)``."""
-    return torch.cat([net.features(slices[i : i + batch, None]) for i in range(0, len(slices), batch)])
+    """The shared stack on ``(N, H, W)`` padded slices, ``batch`` at a time: ``(N, width, H-2d, W-2d)``.
+
+    Written into one preallocated tensor, so the features are never held twice.
+    """
+    n, height, width = slices.shape
+    d = net.depth
+    out = torch.empty((n, net.width, height - 2 * d, width - 2 * d), device=slices.device)
+    for i in range(0, n, batch):
+        out[i : i + batch] = net.features(slices[i : i + batch, None])
+    return out
 
 
 @torch.no_grad()
@@ -138,6 +146,12 @@ def segment_volume(
     try:
         for z0 in _slab_starts(nz, slab, progress, nx * ny * nz, "Dense inference"):
             z1 = min(z0 + slab, nz)
+            if mask is not None and not mask[..., z0:z1].any():  # nothing to label: background
+                labels[..., z0:z1] = 0
+                if probabilities is not None:
+                    for k, c in enumerate(channels):
+                        probabilities[k, ..., z0:z1] = 1.0 if c == 0 else 0.0
+                continue
             p = slab_logits(net, volume, z0, z1, slice_batch).softmax(0).cpu()
             labels[..., z0:z1] = p.argmax(0).to(torch.uint8)
             if probabilities is not None:

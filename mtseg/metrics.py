@@ -87,12 +87,15 @@ class PooledPRCurve:
     def n_positive(self) -> int:
         return int(self.counts[1].sum())
 
-    def update(self, probability: torch.Tensor, reference: torch.Tensor) -> None:
-        """Add voxels: foreground probabilities and binary reference labels (any equal shapes)."""
-        passed = torch.bucketize(probability.reshape(-1).float(), self.thresholds, right=True)
-        target = reference.reshape(-1).long()
+    def update(self, probability: torch.Tensor, reference: torch.Tensor, chunk: int = 1 << 24) -> None:
+        """Add voxels: foreground probabilities and binary reference labels (any equal shapes),
+        ``chunk`` voxels at a time so the int64 temporaries stay small."""
+        probability, reference = probability.reshape(-1), reference.reshape(-1)
         n = len(self.thresholds) + 1
-        self.counts += torch.bincount(target * n + passed, minlength=2 * n).reshape(2, n)
+        for start in range(0, len(probability), chunk):
+            passed = torch.bucketize(probability[start : start + chunk].float(), self.thresholds, right=True)
+            passed += reference[start : start + chunk].long() * n
+            self.counts += torch.bincount(passed, minlength=2 * n).reshape(2, n)
 
     def curve(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """True positives, false positives and false negatives at every threshold."""
@@ -102,12 +105,16 @@ class PooledPRCurve:
         return tp, fp, self.n_positive - tp
 
     def operating_point(self) -> OperatingPoint:
-        """The threshold of highest pooled Dice (the lowest such threshold on ties)."""
+        """The threshold of highest pooled Dice (the lowest such threshold on ties).
+
+        Threshold 0 is left out of the search: it would call every voxel foreground,
+        outside the sampling mask too.
+        """
         if self.n_positive == 0:
             raise ValueError("the pooled test voxels hold no foreground: the PR operating point is undefined")
         tp, fp, fn = (c.double() for c in self.curve())
         dice = 2 * tp / (2 * tp + fp + fn)
         precision = torch.where(tp + fp > 0, tp / (tp + fp).clamp_min(1), torch.nan)
         recall = tp / (tp + fn)
-        best = int(torch.argmax(dice))
+        best = 1 + int(torch.argmax(dice[1:]))
         return OperatingPoint(float(self.thresholds[best]), float(dice[best]), precision, recall, self.thresholds)

@@ -40,7 +40,7 @@ from omegaconf import OmegaConf
 
 from mtseg import CONFIG_DIR
 from mtseg.checkpoint import LoadedCheckpoint, load_checkpoint
-from mtseg.data.preprocessing import IMAGE, SAMPLING_MASK, build_preprocessing
+from mtseg.data.preprocessing import IMAGE, INPLANE, SAMPLING_MASK, build_preprocessing
 from mtseg.data.triplanar import TriplanarVolume
 from mtseg.evaluate import select_device, thresholds_path
 from mtseg.inference import segment_volume
@@ -74,11 +74,18 @@ class Pass:
 
     @property
     def recognised(self) -> tuple[str | None, float]:
-        """The task holding most labelled foreground voxels, and its share of them (0 if none)."""
+        """Among the tasks whose preprocessing this pass used, the one holding most labelled
+        foreground voxels, and its share of all of them (``None``, 0 if none)."""
         if self.foreground == 0:
             return None, 0.0
-        task = max(self.foreground_per_task, key=self.foreground_per_task.get)
+        task = max(self.tasks, key=lambda t: self.foreground_per_task.get(t, 0))
+        if self.foreground_per_task.get(task, 0) == 0:
+            return None, 0.0
         return task, self.foreground_per_task[task] / self.foreground
+
+    def counts_only(self) -> Pass:
+        """This pass without its volumes (kept for the report once recognition is done)."""
+        return Pass(self.tasks, self.spacing, self.affine, torch.empty(0), {}, dict(self.foreground_per_task))
 
 
 def _preprocessing_key(config: dict) -> str:
@@ -98,7 +105,7 @@ def run_pass(
     """Preprocess ``image`` as ``tasks[0]`` was in training, at ``spacing``, and segment it densely."""
     config = loaded.meta["preprocessing"][tasks[0]]
     intensity = [instantiate(t) for t in config.get("intensity", [])]
-    subject = tio.Subject({IMAGE: tio.ScalarImage(tensor=image.data.clone(), affine=image.affine)})
+    subject = tio.Subject({IMAGE: tio.ScalarImage(tensor=image.data, affine=image.affine)})  # TorchIO copies it
     prepared = build_preprocessing(spacing, config["threshold"], intensity)(subject)
     volume = TriplanarVolume(prepared[IMAGE].data[0], loaded.net.depth, float(loaded.meta["pad_value"]))
     mask = prepared[SAMPLING_MASK].data[0].bool()
@@ -108,7 +115,7 @@ def run_pass(
     )
     segmentation = segment_volume(loaded.net.to(device), volume, mask, channels, slab=slab, progress=None)
     space = loaded.label_space
-    counts = torch.bincount(segmentation.labels.flatten().long(), minlength=space.n_classes)
+    counts = torch.bincount(segmentation.labels.flatten(), minlength=space.n_classes)
     per_task = {t: int(counts[space.task_classes(t)[1:]].sum()) for t in space.tasks}
     kept = {} if segmentation.probabilities is None else dict(zip(segmentation.channels, segmentation.probabilities))
     return Pass(tasks, spacing, prepared[IMAGE].affine, segmentation.labels, kept, per_task)
@@ -130,15 +137,41 @@ def predict(args: argparse.Namespace) -> dict:
     """Segment ``args.input``; write the label map, the sidecar and optionally probabilities."""
     output = check_writable(args.output)  # the sidecar goes into the same folder
     sidecar = sidecar_path(output)
-    probability_dir = check_writable_folder(args.probabilities) if args.probabilities else None
     image = read_image(args.input)
     loaded = load_checkpoint(args.checkpoint)
     space = loaded.label_space
     if args.task is not None and args.task not in space.tasks:
         raise ValueError(f"--task {args.task}: the network was trained for {', '.join(space.tasks)} only")
     device = select_device(args.device)
-    spacings = {t: loaded.meta["preprocessing"][t]["spacing"] for t in space.tasks}
+    created_probability_dir = bool(args.probabilities) and not Path(args.probabilities).exists()
+    probability_dir = check_writable_folder(args.probabilities) if args.probabilities else None
+    try:
+        report = _segment_and_write(args, loaded, image, device, output, sidecar, probability_dir)
+    except BaseException:
+        if created_probability_dir and probability_dir.is_dir() and not any(probability_dir.iterdir()):
+            probability_dir.rmdir()
+        raise
+    return report
+
+
+def working_spacing(image: tio.ScalarImage, trained_spacings: list[float | str]) -> float:
+    """The recognition grid: isotropic at the input's finest spacing, kept within the range of
+    the spacings the network was trained at (a bogus 0.01 mm header cannot blow up the volume)."""
     finest = round(float(min(image.spacing)), 6)  # headers store float32 spacings
+    numeric = [float(s) for s in trained_spacings if s != INPLANE]
+    if numeric:
+        finest = min(max(finest, min(numeric)), max(numeric)) if finest > 0 else min(numeric)
+    return finest
+
+
+def resolved_spacing(trained: float | str, image: tio.ScalarImage) -> float:
+    """A task's training spacing for this image (``"inplane"``: the image's finest spacing)."""
+    return round(float(min(image.spacing)), 6) if trained == INPLANE else float(trained)
+
+
+def _segment_and_write(args, loaded: LoadedCheckpoint, image: tio.ScalarImage, device, output: Path, sidecar: Path, probability_dir):
+    space = loaded.label_space
+    spacings = {t: loaded.meta["preprocessing"][t]["spacing"] for t in space.tasks}
     # probabilities kept: every channel for --probabilities, else the foreground of each
     # task evaluated at a PR threshold (one channel each)
     channels = None if args.probabilities else [
@@ -149,18 +182,22 @@ def predict(args: argparse.Namespace) -> dict:
         groups: dict[str, list[str]] = {}
         for task in space.tasks:
             groups.setdefault(_preprocessing_key(loaded.meta["preprocessing"][task]), []).append(task)
+        spacing = working_spacing(image, list(spacings.values()))
         for tasks in groups.values():
-            candidates.append(run_pass(loaded, image, tuple(tasks), finest, channels, device, args.slab))
+            candidates.append(run_pass(loaded, image, tuple(tasks), spacing, channels, device, args.slab))
         best = max(candidates, key=lambda p: (p.recognised[1], p.foreground))
         task, dominance = best.recognised
         recognised = task is not None
         if task is None:
             task = space.tasks[0]
         final = best
-        trained = spacings[task]
-        if isinstance(trained, str) or abs(float(trained) - finest) > 0.01 * float(trained):
-            final = run_pass(loaded, image, (task,), trained, channels, device, args.slab)
+        target = resolved_spacing(spacings[task], image)
+        # segmented again with the task's own preprocessing when the pass used another
+        # spacing or another task's intensity preprocessing
+        if task not in best.tasks or abs(target - spacing) > 0.01 * target:
+            final = run_pass(loaded, image, (task,), spacings[task], channels, device, args.slab)
             dominance = final.recognised[1] if final.recognised[0] == task else dominance
+        candidates = [c.counts_only() for c in candidates]  # free their volumes
     else:
         task = args.task
         final = run_pass(loaded, image, (task,), spacings[task], channels, device, args.slab)
@@ -189,7 +226,8 @@ def predict(args: argparse.Namespace) -> dict:
         "dominance": round(dominance, 6),
         "foreground_percent": round(foreground_percent, 6),
         "low_confidence": low_confidence,
-        "working_spacing_mm": final.spacing,
+        "working_spacing_mm": resolved_spacing(final.spacing, image),
+        "preprocessing_of": final.tasks[0],
         "threshold": threshold,
         "threshold_from": threshold_source,
         "labels": {str(i): name for i, name in enumerate(("background",) + spec.classes)},

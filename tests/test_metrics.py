@@ -72,3 +72,20 @@ def test_operating_point_without_foreground_is_an_error():
     curve.update(torch.rand(100), torch.zeros(100, dtype=torch.bool))
     with pytest.raises(ValueError, match="no foreground"):
         curve.operating_point()
+
+
+def test_probabilities_on_a_threshold_count_as_foreground():
+    curve = PooledPRCurve(11)  # thresholds 0, 0.1, ..., 1
+    target = torch.tensor([1, 1, 0, 0, 0])
+    curve.update(torch.tensor([0.5, 0.5, 0.4, 0.1, 0.0]), target)
+    point = curve.operating_point()
+    assert point.threshold == pytest.approx(0.5) and point.dice == 1.0
+    tp, fp, fn = curve.curve()
+    assert tp[5] == 2 and fp[5] == 0 and fp[4] == 1  # >= 0.5 keeps both positives; >= 0.4 adds one false positive
+    assert tp[6] == 0 and fn[6] == 2
+
+
+def test_the_operating_point_is_never_threshold_zero():
+    curve = PooledPRCurve(101)
+    curve.update(torch.zeros(10), torch.tensor([1] * 9 + [0]))  # every probability 0: Dice is best at 0
+    assert curve.operating_point().threshold > 0

@@ -43,9 +43,10 @@ def test_label_map_has_the_input_grid_and_the_recognised_task(tmp_path, breast_n
     report = json.loads((tmp_path / "seg.json").read_text())
     assert report["task"] == "breast" and report["recognised"] and not report["low_confidence"]
     assert report["dominance"] == pytest.approx(1.0)
-    # recognised at the finest input spacing (0.9 mm), then segmented at breast's own 1.3 mm
+    # recognised at the finest input spacing (0.9 mm) kept within the trained spacings (1.0-1.3 mm),
+    # then segmented at breast's own 1.3 mm
     assert report["working_spacing_mm"] == 1.3
-    assert [p["spacing_mm"] for p in report["recognition_passes"]] == [0.9]
+    assert [p["spacing_mm"] for p in report["recognition_passes"]] == [1.0]
     assert report["threshold"] == 0.5 and "checkpoint" in report["threshold_from"]
     assert report["labels"] == {"0": "background", "1": "pectoral_muscle"}
     probabilities = sorted(p.name for p in (tmp_path / "probabilities").iterdir())
@@ -130,3 +131,41 @@ def test_bad_input_is_a_clear_error_and_leaves_nothing(tmp_path, breast_network,
     (tmp_path / "taken.nii.gz").mkdir()
     assert "is a folder" in bad(tmp_path, capsys, breast_network, good, tmp_path / "taken.nii.gz")
     assert "trained for brain, breast only" in bad(tmp_path, capsys, breast_network, good, out, "--task", "cta")
+    # a probability folder that the failed run would have created is not left behind
+    assert "not an mtseg checkpoint" in bad(tmp_path, capsys, foreign, good, out, "--probabilities", str(tmp_path / "p"))
+    assert "NaN or infinite" in bad(tmp_path, capsys, breast_network, holes, out, "--probabilities", str(tmp_path / "p"))
+
+
+def test_the_final_pass_uses_the_recognised_tasks_own_preprocessing(tmp_path):
+    # brain + CTA network that calls every voxel coronary artery; the input's finest spacing
+    # (0.9 mm) is also CTA's training spacing, so no pass is repeated for the spacing's sake
+    network = write_checkpoint(tmp_path / "cta.ckpt", ["brain", "cta"], bias={7: 20.0}, thresholds={"cta": 0.5})
+    image = oblique_anisotropic_image(tmp_path / "scan.nii.gz")
+    assert main(["--checkpoint", str(network), "--input", str(image), "--output", str(tmp_path / "seg.nii.gz")]) == 0
+    report = json.loads((tmp_path / "seg.json").read_text())
+    assert report["task"] == "cta" and report["preprocessing_of"] == "cta"
+    assert report["working_spacing_mm"] == 0.9
+    assert sorted(p["preprocessing_of"][0] for p in report["recognition_passes"]) == ["brain", "cta"]
+
+
+def test_results_go_back_to_an_oblique_anisotropic_grid_voxel_for_voxel():
+    import torchio as tio
+
+    from mtseg.data.preprocessing import build_preprocessing
+    from mtseg.nifti import to_input_grid
+
+    affine = np.eye(4)
+    affine[:3, :3] = Rotation.from_euler("xyz", [20, -10, 35], degrees=True).as_matrix() @ np.diag([0.9, 1.2, 2.5])
+    label = np.zeros((30, 24, 10), np.uint8)
+    label[2:12, 3:10, 1:4] = 1  # blocks in different corners: an axis flip or swap would move them
+    label[18:28, 14:22, 6:9] = 2
+    source = tio.LabelMap(tensor=torch.from_numpy(label)[None], affine=affine)
+    image = tio.ScalarImage(tensor=torch.from_numpy(label.astype(np.float32))[None], affine=affine)
+    subject = tio.Subject(image=image, label=source)
+    working = build_preprocessing(0.6, -1.0, [])(subject)  # canonical, isotropic 0.6 mm
+    assert working["label"].orientation == ("R", "A", "S") and working["label"].spacing == pytest.approx((0.6,) * 3)
+    back = to_input_grid(working["label"].data[0], working["label"].affine, image, label=True).numpy()
+    assert back.shape == label.shape
+    for value in (1, 2):
+        overlap = 2 * ((back == value) & (label == value)).sum() / ((back == value).sum() + (label == value).sum())
+        assert overlap > 0.9

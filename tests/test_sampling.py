@@ -176,3 +176,13 @@ def test_bad_data_fails_before_training():
     subjects = {"cta": {"train": [toy_subject("cta", 5)], "test": [toy_subject("cta", 2)]}}
     with pytest.raises(ValueError, match="outside 0..1"):
         toy_datamodule(["cta"], subjects=subjects).setup()
+
+
+def test_held_out_images_without_foreground_fail_before_training_for_pr_tasks():
+    empty = toy_subject("cta", 1, seed=4)  # labels all 0: no coronary arteries
+    subjects = {"cta": {"train": [toy_subject("cta", 2)], "test": [empty, toy_subject("cta", 2, seed=5)]}}
+    limited = toy_datamodule(["cta"], subjects=subjects)
+    limited.val_images_per_task = 1
+    with pytest.raises(ValueError, match=r"held-out image\(s\) of task 'cta' .* \(cta_4\) hold no coronary_arteries"):
+        limited.setup()
+    toy_datamodule(["cta"], subjects=subjects).setup()  # all held-out images: one has foreground

@@ -197,3 +197,16 @@ def test_a_sweep_gives_each_experiment_its_own_run_and_wandb_run_in_one_group(tm
         (record,) = offline.glob("run-*.wandb")
         # the W&B group is the sweep folder's name, stored in the run record
         assert sweep.name.encode() in record.read_bytes()
+
+
+def test_evaluate_rejects_a_checkpoint_not_written_by_mtseg(tmp_path):
+    foreign = tmp_path / "foreign.ckpt"
+    torch.save({"state_dict": {}}, foreign)
+    env = os.environ | {"WANDB_MODE": "disabled"}
+    result = subprocess.run(
+        [sys.executable, "-m", "mtseg.evaluate", f"ckpt_path={foreign}", f"output_dir={tmp_path / 'out'}"],
+        env=env, capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 1
+    assert "not an mtseg checkpoint" in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "out" / "results.json").exists()

@@ -288,6 +288,19 @@ class MultiTaskDataModule(L.LightningDataModule):
             }
             if not held_out_only:
                 self._set_class_quotas(task)
+            self._check_pr_foreground(task, None if held_out_only else self.val_images_per_task)
+
+    def _check_pr_foreground(self, task: str, limit: int | None) -> None:
+        """A task evaluated at a PR threshold needs foreground in its evaluated held-out images."""
+        if get_task(task).operating_point != "pr_threshold":
+            return
+        images = self.subjects[task]["test"][:limit]
+        if not any(bool(s[LABEL].data.any()) for s in images):
+            raise ValueError(
+                f"the {len(images)} held-out image(s) of task {task!r} evaluated at each learning-curve step "
+                f"({', '.join(s['case_id'] for s in images)}) hold no {get_task(task).classes[0]}: its PR operating "
+                "point is undefined; raise data.val_images_per_task or add held-out images with foreground"
+            )
 
     def _prepare(self, subject: tio.Subject, transform) -> tio.Subject:
         return prepare_subject(subject, transform, self.radius, self.pad_value)
