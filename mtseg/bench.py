@@ -33,7 +33,7 @@ from mtseg.data.datamodule import MultiTaskDataModule, PreparedSubjectsDataset, 
 from mtseg.data.preprocessing import build_preprocessing
 from mtseg.data.sampling import ClassBalancedTriplanarSampler
 from mtseg.data.triplanar import TriplanarVolume
-from mtseg.inference import dense_probabilities, patch_probabilities, segment_volume
+from mtseg.inference import DEFAULT_SLAB_VOXELS, dense_probabilities, patch_probabilities, segment_volume
 from mtseg.model import TriplanarCNN
 from mtseg.module import MultiTaskSegmentationModule
 
@@ -78,7 +78,7 @@ def _synchronize(device: torch.device) -> None:
 
 
 def time_dense_versus_patches(
-    shape: tuple[int, int, int], n_patch_voxels: int, slab: int, device: torch.device = torch.device("cpu")
+    shape: tuple[int, int, int], n_patch_voxels: int, slab: int | None, device: torch.device = torch.device("cpu")
 ) -> tuple[float, float]:
     """Voxels/s of dense inference over the whole volume and of patch-by-patch inference on a sample of voxels."""
     net = TriplanarCNN(9).eval().to(device)
@@ -97,22 +97,24 @@ def time_dense_versus_patches(
     return dense, patches
 
 
-def _dense_in_child(shape: tuple[int, int, int], slab: int, device_type: str, results) -> None:
+def _dense_in_child(shape: tuple[int, int, int], slab: int | None, slab_voxels: int, device_type: str, results) -> None:
     device = torch.device(device_type)
     net = TriplanarCNN(9).eval().to(device)
     volume = TriplanarVolume(torch.rand(shape), net.depth)
     start = time.perf_counter()
     # what evaluation and predict keep: the label map and the breast and CTA foreground probabilities
-    segment_volume(net, volume, channels=[7, 8], slab=slab, progress=True)
+    segment_volume(net, volume, channels=[7, 8], slab=slab, progress=True, slab_voxels=slab_voxels)
     _synchronize(device)
     results.put((volume.interior.numel() / (time.perf_counter() - start), peak_rss_gib()))
 
 
-def time_dense_large(shape: tuple[int, int, int], slab: int, device: torch.device = torch.device("cpu")) -> tuple[float, float]:
+def time_dense_large(
+    shape: tuple[int, int, int], slab: int | None, slab_voxels: int, device: torch.device = torch.device("cpu")
+) -> tuple[float, float]:
     """Voxels/s and peak RSS (GiB) of dense inference on one large volume, in a fresh process."""
     context = multiprocessing.get_context("spawn")
     results = context.Queue()
-    child = context.Process(target=_dense_in_child, args=(shape, slab, device.type, results))
+    child = context.Process(target=_dense_in_child, args=(shape, slab, slab_voxels, device.type, results))
     child.start()
     rate, peak = results.get()
     child.join()
@@ -152,7 +154,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--cta-shape", type=int, nargs=3, default=(512, 512, 400))
     parser.add_argument("--dense-shape", type=int, nargs=3, default=(64, 64, 64))
     parser.add_argument("--patch-voxels", type=int, default=1024, help="voxels timed patch by patch")
-    parser.add_argument("--slab", type=int, default=16, help="axial slices per slab of dense inference")
+    parser.add_argument("--slab", type=int, default=None, help="axial slices per slab (default: from --slab-voxels)")
+    parser.add_argument("--slab-voxels", type=int, default=DEFAULT_SLAB_VOXELS, help="voxels per slab of dense inference")
     parser.add_argument("--large-shape", type=int, nargs=3, default=None, help="e.g. 256 256 256 (takes minutes on a CPU)")
     parser.add_argument("--inference-only", action="store_true", help="skip the pipeline and training measurements")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides of the train config, e.g. model.depth=3")
@@ -227,7 +230,7 @@ def time_inference(args: argparse.Namespace, device: torch.device) -> None:
         f"(on {args.patch_voxels} voxels), ratio {dense / patches:.0f}x"
     )
     if args.large_shape:
-        rate, peak = time_dense_large(tuple(args.large_shape), args.slab, device)
+        rate, peak = time_dense_large(tuple(args.large_shape), args.slab, args.slab_voxels, device)
         print(f"dense inference on {tuple(args.large_shape)}: {rate:.0f} voxels/s, peak RSS {peak:.2f} GiB")
 
 

@@ -67,7 +67,7 @@ def test_datamodule(loaded: LoadedCheckpoint, overrides: DictConfig | dict):
     return datamodule
 
 
-def evaluate_checkpoint(loaded: LoadedCheckpoint, datamodule, pr_thresholds: int, slab: int, keep_predictions: bool, device) -> EvaluationResult:
+def evaluate_checkpoint(loaded: LoadedCheckpoint, datamodule, pr_thresholds: int, slab_voxels: int, keep_predictions: bool, device) -> EvaluationResult:
     """Whole-image evaluation of ``loaded`` on every test image of the data module."""
     evaluator = WholeImageEvaluator(loaded.label_space, pr_thresholds, keep_predictions=keep_predictions)
     net = loaded.net.to(device)
@@ -75,7 +75,7 @@ def evaluate_checkpoint(loaded: LoadedCheckpoint, datamodule, pr_thresholds: int
         for subject in datamodule.subjects[task]["test"]:
             log.info("Segmenting %s image %s", task, subject["case_id"])
             image = HeldOutImage.from_subject(subject)
-            evaluator.add_volume(net, task, image.case_id, image.volume, image.reference, image.mask, slab=slab, progress=None)
+            evaluator.add_volume(net, task, image.case_id, image.volume, image.reference, image.mask, slab_voxels=slab_voxels, progress=None)
     return evaluator.compute()
 
 
@@ -114,7 +114,7 @@ def evaluate(cfg: DictConfig) -> dict:
     loaded = load_checkpoint(cfg.ckpt_path)
     datamodule = test_datamodule(loaded, cfg.data)
     result = evaluate_checkpoint(
-        loaded, datamodule, cfg.evaluation.pr_thresholds, cfg.evaluation.slab, cfg.write_predictions, select_device(cfg.device)
+        loaded, datamodule, cfg.evaluation.pr_thresholds, cfg.evaluation.slab_voxels, cfg.write_predictions, select_device(cfg.device)
     )
     results = write_results(result, out_dir, loaded, datamodule, cfg.write_predictions)
     thresholds = result.thresholds()

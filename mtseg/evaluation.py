@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from mtseg.data.triplanar import TriplanarVolume
-from mtseg.inference import segment_volume
+from mtseg.inference import DEFAULT_SLAB_VOXELS, segment_volume
 from mtseg.metrics import PooledPRCurve, dice_scores
 from mtseg.model import TriplanarCNN
 from mtseg.tasks import TASKS, LabelSpace
@@ -207,11 +207,11 @@ class WholeImageEvaluator:
         volume: TriplanarVolume,
         reference: torch.Tensor,
         mask: torch.Tensor,
-        slab: int = 16,
+        slab_voxels: int = DEFAULT_SLAB_VOXELS,
         progress: bool | None = False,
     ) -> None:
         """Segment one preprocessed held-out image densely and add it."""
-        segmentation = segment_volume(net, volume, mask, self.channels(task), slab=slab, progress=progress)
+        segmentation = segment_volume(net, volume, mask, self.channels(task), progress=progress, slab_voxels=slab_voxels)
         probability = None if segmentation.probabilities is None else segmentation.probabilities[0]
         self.add(task, case_id, segmentation.labels, reference, probability, image=volume.interior)
 

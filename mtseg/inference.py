@@ -83,6 +83,9 @@ def _slab_starts(nz: int, slab: int, progress: bool | None, n_voxels: int, desc:
     return starts
 
 
+#: Voxels per slab of dense inference by default (about 1.6 GB of features and activations).
+DEFAULT_SLAB_VOXELS = 4_000_000
+
 #: Volumes with at least this many voxels show a progress bar unless told otherwise
 #: (about 10 s with the paper's network on 2 CPU cores).
 PROGRESS_MIN_VOXELS = 400_000
@@ -110,9 +113,10 @@ def segment_volume(
     volume: TriplanarVolume,
     mask: torch.Tensor | None = None,
     channels: Sequence[int] | None = (),
-    slab: int = 16,
+    slab: int | None = None,
     slice_batch: int = 4,
     progress: bool | None = None,
+    slab_voxels: int = DEFAULT_SLAB_VOXELS,
 ) -> Segmentation:
     """Label map and selected probabilities of every voxel, one slab at a time.
 
@@ -126,14 +130,21 @@ def segment_volume(
             others in training); voxels outside are background with probability 0 for
             every kept foreground channel. ``None``: every voxel.
         channels: Output channels whose probabilities to keep; ``None`` keeps all.
-        slab: Axial slices per slab; memory grows with it, the margin overhead shrinks.
+        slab: Axial slices per slab; ``None``: as many as fit in ``slab_voxels`` voxels.
         slice_batch: 2-D slices run through the stack at once.
         progress: Show a progress bar over slabs; ``None``: for volumes of at least
             :data:`PROGRESS_MIN_VOXELS` voxels.
+        slab_voxels: Voxels per slab when ``slab`` is ``None``. The sagittal and coronal
+            stacks run over the slab plus ``depth`` slices on either side, so thin slabs
+            repeat work (16 slices: 4x the sagittal and coronal work of the slab itself);
+            memory is about 400 bytes per slab voxel (3 x width float32 features, plus
+            the stack's activations).
     """
     if volume.radius != net.depth:
         raise ValueError(f"volume padded by {volume.radius} voxels, the network needs {net.depth}")
     nx, ny, nz = volume.shape
+    if slab is None:
+        slab = max(1, min(nz, slab_voxels // (nx * ny)))
     if mask is not None and tuple(mask.shape) != (nx, ny, nz):
         raise ValueError(f"mask of shape {tuple(mask.shape)} does not match the volume's {volume.shape}")
     channels = tuple(range(net.n_classes)) if channels is None else tuple(int(c) for c in channels)
@@ -171,7 +182,7 @@ def segment_volume(
 def dense_probabilities(
     net: TriplanarCNN,
     volume: TriplanarVolume,
-    slab: int = 16,
+    slab: int | None = None,
     slice_batch: int = 4,
     progress: bool | None = False,
 ) -> torch.Tensor:

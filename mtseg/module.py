@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 from mtseg.data.datamodule import HeldOutImage
 from mtseg.evaluation import EvaluationResult, WholeImageEvaluator
+from mtseg.inference import DEFAULT_SLAB_VOXELS
 from mtseg.model import TriplanarCNN
 from mtseg.tasks import TASKS, LabelSpace
 
@@ -35,8 +36,8 @@ class MultiTaskSegmentationModule(L.LightningModule):
         preprocessing: Each task's ``preprocessing`` config (spacing, threshold, intensity
             transforms), stored so a checkpoint says how to prepare a new image.
         pad_value: Normalised intensity outside the volume used in training.
-        evaluation: ``pr_thresholds`` (thresholds of the PR analysis) and ``slab`` (axial
-            slices per slab of dense inference).
+        evaluation: ``pr_thresholds`` (thresholds of the PR analysis) and ``slab_voxels``
+            (voxels per slab of dense inference).
         data: The data config, stored so a checkpoint can be evaluated on the same test sets.
     """
 
@@ -58,7 +59,7 @@ class MultiTaskSegmentationModule(L.LightningModule):
         self.lr = lr
         self.betas = tuple(betas)
         evaluation = dict(evaluation or {})
-        self.slab = int(evaluation.get("slab", 16))
+        self.slab_voxels = int(evaluation.get("slab_voxels", DEFAULT_SLAB_VOXELS))
         self.evaluator = WholeImageEvaluator(self.label_space, int(evaluation.get("pr_thresholds", 1001)))
         #: The latest whole-image evaluation (None before the first).
         self.latest_evaluation: EvaluationResult | None = None
@@ -83,7 +84,7 @@ class MultiTaskSegmentationModule(L.LightningModule):
         return loss
 
     def validation_step(self, image: HeldOutImage, batch_index: int) -> None:
-        self.evaluator.add_volume(self.net, image.task, image.case_id, image.volume, image.reference, image.mask, slab=self.slab)
+        self.evaluator.add_volume(self.net, image.task, image.case_id, image.volume, image.reference, image.mask, slab_voxels=self.slab_voxels)
 
     def on_validation_epoch_end(self) -> None:
         self.latest_evaluation = evaluation = self.evaluator.compute()

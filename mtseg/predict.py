@@ -100,7 +100,7 @@ def run_pass(
     spacing: float | str,
     channels: list[int] | None,
     device: torch.device,
-    slab: int,
+    slab_voxels: int,
 ) -> Pass:
     """Preprocess ``image`` as ``tasks[0]`` was in training, at ``spacing``, and segment it densely."""
     config = loaded.meta["preprocessing"][tasks[0]]
@@ -113,7 +113,7 @@ def run_pass(
         "Segmenting at %s mm (%s preprocessing), %d x %d x %d voxels",
         spacing if isinstance(spacing, str) else f"{spacing:.3g}", tasks[0], *volume.shape,
     )
-    segmentation = segment_volume(loaded.net.to(device), volume, mask, channels, slab=slab, progress=None)
+    segmentation = segment_volume(loaded.net.to(device), volume, mask, channels, progress=None, slab_voxels=slab_voxels)
     space = loaded.label_space
     counts = torch.bincount(segmentation.labels.flatten(), minlength=space.n_classes)
     per_task = {t: int(counts[space.task_classes(t)[1:]].sum()) for t in space.tasks}
@@ -184,7 +184,7 @@ def _segment_and_write(args, loaded: LoadedCheckpoint, image: tio.ScalarImage, d
             groups.setdefault(_preprocessing_key(loaded.meta["preprocessing"][task]), []).append(task)
         spacing = working_spacing(image, list(spacings.values()))
         for tasks in groups.values():
-            candidates.append(run_pass(loaded, image, tuple(tasks), spacing, channels, device, args.slab))
+            candidates.append(run_pass(loaded, image, tuple(tasks), spacing, channels, device, args.slab_voxels))
         best = max(candidates, key=lambda p: (p.recognised[1], p.foreground))
         task, dominance = best.recognised
         recognised = task is not None
@@ -195,12 +195,12 @@ def _segment_and_write(args, loaded: LoadedCheckpoint, image: tio.ScalarImage, d
         # segmented again with the task's own preprocessing when the pass used another
         # spacing or another task's intensity preprocessing
         if task not in best.tasks or abs(target - spacing) > 0.01 * target:
-            final = run_pass(loaded, image, (task,), spacings[task], channels, device, args.slab)
+            final = run_pass(loaded, image, (task,), spacings[task], channels, device, args.slab_voxels)
             dominance = final.recognised[1] if final.recognised[0] == task else dominance
         candidates = [c.counts_only() for c in candidates]  # free their volumes
     else:
         task = args.task
-        final = run_pass(loaded, image, (task,), spacings[task], channels, device, args.slab)
+        final = run_pass(loaded, image, (task,), spacings[task], channels, device, args.slab_voxels)
         recognised, dominance = False, final.recognised[1] if final.recognised[0] == task else 0.0
 
     foreground_percent = 100.0 * final.foreground / final.labels.numel()
@@ -283,7 +283,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--probabilities", metavar="DIR", help="also write one probability map per class into DIR")
     p.add_argument("--task", help="pin the task (its preprocessing is used; no recognition)")
     p.add_argument("--device", default=defaults.device, help="auto, cpu or cuda (default: %(default)s)")
-    p.add_argument("--slab", type=int, default=defaults.slab, help="axial slices per slab of dense inference (default: %(default)s)")
+    p.add_argument("--slab-voxels", type=int, default=defaults.slab_voxels,
+                   help="voxels per slab of dense inference: memory (about 400 bytes each) vs speed (default: %(default)s)")
     p.add_argument("--min-dominance", type=float, default=defaults.min_dominance,
                    help="below this share of foreground voxels in one task, report low confidence (default: %(default)s)")
     p.add_argument("--min-foreground-percent", type=float, default=defaults.min_foreground_percent,
