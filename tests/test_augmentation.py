@@ -66,6 +66,7 @@ def test_copies_are_seeded(tmp_path):
     assert not torch.equal(image[0], first.subjects["breast"]["train"][0]["image"].data)
 
 
+@pytest.mark.filterwarnings("ignore:The maximum displacement is larger:RuntimeWarning")  # a 24 mm toy volume
 def test_brain_augmentation_config_runs_on_a_preprocessed_subject():
     with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
         cfg = compose("train", overrides=["+experiment=brain", "data/brain=templates"])
