@@ -31,7 +31,9 @@ def write_figures(paths: list[str], out: Path, dpi: int = 120) -> dict[str, Path
         pivot = table.pivot_table(index=["task", "class"], columns="experiment_number", values="mean_dice", sort=False)
         pivot.columns = [f"exp. {c}" for c in pivot.columns]
         written["md"] = out / "results.md"
-        atomic_write_bytes(written["md"], lambda tmp: Path(tmp).write_text(pivot.round(3).reset_index().to_markdown(index=False) + "\n"))
+        markdown = pivot.round(3).reset_index()
+        markdown = markdown.astype(object).where(markdown.notna(), None)  # an experiment without the task: "–"
+        atomic_write_bytes(written["md"], lambda tmp: Path(tmp).write_text(markdown.to_markdown(index=False, missingval="–") + "\n"))
     return written
 
 
