@@ -63,6 +63,8 @@ class MultiTaskSegmentationModule(L.LightningModule):
         self.evaluator = WholeImageEvaluator(self.label_space, int(evaluation.get("pr_thresholds", 1001)))
         #: The latest whole-image evaluation (None before the first).
         self.latest_evaluation: EvaluationResult | None = None
+        #: Mean fraction of a training image's voxels that are the task's foreground (set by training).
+        self.foreground_fraction: dict[str, float] = {}
 
     @property
     def n_params(self) -> int:
@@ -115,6 +117,7 @@ class MultiTaskSegmentationModule(L.LightningModule):
             "patch_size": self.net.patch_size,
             "preprocessing": self.hparams.preprocessing,
             "pad_value": self.hparams.pad_value,
+            "foreground_fraction": dict(self.foreground_fraction),
             "data": self.hparams.data,
             # PR operating points of the evaluation just before this save (same weights)
             "thresholds": {} if self.latest_evaluation is None else self.latest_evaluation.thresholds(),

@@ -4,9 +4,13 @@
 
 The network is never told the task. Without ``--task`` the image is first segmented at a
 working grid that suits every task: the input's finest voxel spacing, isotropic, once per
-distinct intensity preprocessing among the checkpoint's tasks (MRI and CT differ). The
-recognised task is the one whose classes hold most of the labelled foreground voxels;
-its *dominance* is that share. If the recognised task was trained at another spacing,
+distinct intensity preprocessing among the checkpoint's tasks (MRI and CT differ). In
+each pass, among the tasks with that preprocessing, the task whose classes hold most of
+the labelled foreground voxels is a candidate; its *dominance* is that share and its
+*plausibility* how well the fraction of voxels it labels matches the task's training
+images (``min(r, 1/r)``; a brain MR read as CT may be "all coronary artery" with
+dominance 1 but 70 times the coronary fraction of a CTA). The recognised task is the
+candidate with the highest dominance × plausibility. If the recognised task was trained at another spacing,
 the image is segmented again with that task's own preprocessing, exactly as in training.
 With ``--task`` only that task's preprocessing is used and no recognition is needed.
 
@@ -67,25 +71,44 @@ class Pass:
     labels: torch.Tensor
     probabilities: dict[int, torch.Tensor]  # output channel -> probability volume, for the kept channels
     foreground_per_task: dict[str, int] = field(default_factory=dict)
+    n_voxels: int = 0
 
     @property
     def foreground(self) -> int:
         return sum(self.foreground_per_task.values())
 
+    def plausibility(self, task: str, expected: dict[str, float]) -> float:
+        """How well the fraction of voxels labelled ``task`` matches its training images:
+        ``min(r, 1/r)`` for the ratio ``r`` of the two fractions (1 when nothing is known)."""
+        if not expected.get(task) or not self.n_voxels:
+            return 1.0
+        observed = self.foreground_per_task.get(task, 0) / self.n_voxels
+        if observed == 0:
+            return 0.0
+        ratio = observed / expected[task]
+        return min(ratio, 1 / ratio)
+
+    def recognise(self, expected: dict[str, float]) -> tuple[str | None, float, float]:
+        """Among the tasks whose preprocessing this pass used, the most likely one: the task
+        whose classes hold most labelled foreground voxels, scored by its share of them (the
+        dominance) times its plausibility. Returns (task, dominance, plausibility)."""
+        if self.foreground == 0:
+            return None, 0.0, 0.0
+        scored = {t: self.foreground_per_task.get(t, 0) / self.foreground * self.plausibility(t, expected) for t in self.tasks}
+        task = max(scored, key=scored.get)
+        if self.foreground_per_task.get(task, 0) == 0:
+            return None, 0.0, 0.0
+        return task, self.foreground_per_task[task] / self.foreground, self.plausibility(task, expected)
+
     @property
     def recognised(self) -> tuple[str | None, float]:
-        """Among the tasks whose preprocessing this pass used, the one holding most labelled
-        foreground voxels, and its share of all of them (``None``, 0 if none)."""
-        if self.foreground == 0:
-            return None, 0.0
-        task = max(self.tasks, key=lambda t: self.foreground_per_task.get(t, 0))
-        if self.foreground_per_task.get(task, 0) == 0:
-            return None, 0.0
-        return task, self.foreground_per_task[task] / self.foreground
+        """(task, dominance) without training statistics."""
+        task, dominance, _ = self.recognise({})
+        return task, dominance
 
     def counts_only(self) -> Pass:
         """This pass without its volumes (kept for the report once recognition is done)."""
-        return Pass(self.tasks, self.spacing, self.affine, torch.empty(0), {}, dict(self.foreground_per_task))
+        return Pass(self.tasks, self.spacing, self.affine, torch.empty(0), {}, dict(self.foreground_per_task), self.n_voxels)
 
 
 def _preprocessing_key(config: dict) -> str:
@@ -118,7 +141,7 @@ def run_pass(
     counts = torch.bincount(segmentation.labels.flatten(), minlength=space.n_classes)
     per_task = {t: int(counts[space.task_classes(t)[1:]].sum()) for t in space.tasks}
     kept = {} if segmentation.probabilities is None else dict(zip(segmentation.channels, segmentation.probabilities))
-    return Pass(tasks, spacing, prepared[IMAGE].affine, segmentation.labels, kept, per_task)
+    return Pass(tasks, spacing, prepared[IMAGE].affine, segmentation.labels, kept, per_task, segmentation.labels.numel())
 
 
 def threshold_for(loaded: LoadedCheckpoint, task: str) -> tuple[float | None, str]:
@@ -177,6 +200,8 @@ def _segment_and_write(args, loaded: LoadedCheckpoint, image: tio.ScalarImage, d
     channels = None if args.probabilities else [
         space.task_classes(t)[1] for t in space.tasks if TASKS[t].operating_point == "pr_threshold"
     ]
+    # how much of a training image each task's foreground filled (absent from older checkpoints)
+    expected = dict(loaded.meta.get("foreground_fraction") or {})
     candidates: list[Pass] = []
     if args.task is None:
         groups: dict[str, list[str]] = {}
@@ -185,8 +210,10 @@ def _segment_and_write(args, loaded: LoadedCheckpoint, image: tio.ScalarImage, d
         spacing = working_spacing(image, list(spacings.values()))
         for tasks in groups.values():
             candidates.append(run_pass(loaded, image, tuple(tasks), spacing, channels, device, args.slab_voxels))
-        best = max(candidates, key=lambda p: (p.recognised[1], p.foreground))
-        task, dominance = best.recognised
+        scores = [p.recognise(expected) for p in candidates]
+        index = max(range(len(candidates)), key=lambda i: (scores[i][1] * scores[i][2], candidates[i].foreground))
+        best = candidates[index]
+        task, dominance, plausibility = scores[index]
         recognised = task is not None
         if task is None:
             task = space.tasks[0]
@@ -196,15 +223,24 @@ def _segment_and_write(args, loaded: LoadedCheckpoint, image: tio.ScalarImage, d
         # spacing or another task's intensity preprocessing
         if task not in best.tasks or abs(target - spacing) > 0.01 * target:
             final = run_pass(loaded, image, (task,), spacings[task], channels, device, args.slab_voxels)
-            dominance = final.recognised[1] if final.recognised[0] == task else dominance
+            found, final_dominance, final_plausibility = final.recognise(expected)
+            if found == task:
+                dominance, plausibility = final_dominance, final_plausibility
         candidates = [c.counts_only() for c in candidates]  # free their volumes
     else:
         task = args.task
         final = run_pass(loaded, image, (task,), spacings[task], channels, device, args.slab_voxels)
-        recognised, dominance = False, final.recognised[1] if final.recognised[0] == task else 0.0
+        found, dominance, plausibility = final.recognise(expected)
+        recognised = False
+        if found != task:
+            dominance, plausibility = 0.0, final.plausibility(task, expected)
 
     foreground_percent = 100.0 * final.foreground / final.labels.numel()
-    low_confidence = dominance < args.min_dominance or foreground_percent < args.min_foreground_percent
+    low_confidence = (
+        dominance < args.min_dominance
+        or foreground_percent < args.min_foreground_percent
+        or plausibility < args.min_plausibility
+    )
     spec = TASKS[task]
     threshold, threshold_source = (None, "not used (argmax)")
     if spec.operating_point == "pr_threshold":
@@ -224,6 +260,8 @@ def _segment_and_write(args, loaded: LoadedCheckpoint, image: tio.ScalarImage, d
         "task_given": args.task is not None,
         "recognised": recognised,
         "dominance": round(dominance, 6),
+        "plausibility": round(plausibility, 6),
+        "training_foreground_percent": None if task not in expected else round(100 * expected[task], 6),
         "foreground_percent": round(foreground_percent, 6),
         "low_confidence": low_confidence,
         "working_spacing_mm": resolved_spacing(final.spacing, image),
@@ -233,7 +271,9 @@ def _segment_and_write(args, loaded: LoadedCheckpoint, image: tio.ScalarImage, d
         "labels": {str(i): name for i, name in enumerate(("background",) + spec.classes)},
         "voxels_per_label": {str(i): c for i, c in enumerate(counts)},
         "recognition_passes": [
-            {"preprocessing_of": list(p.tasks), "spacing_mm": p.spacing, "foreground_voxels_per_task": p.foreground_per_task}
+            {"preprocessing_of": list(p.tasks), "spacing_mm": p.spacing, "voxels": p.n_voxels,
+             "foreground_voxels_per_task": p.foreground_per_task,
+             "recognised": dict(zip(("task", "dominance", "plausibility"), p.recognise(expected)))}
             for p in candidates
         ],
     }
@@ -260,7 +300,9 @@ def describe(report: dict) -> str:
     how = "given (--task)" if report["task_given"] else ("recognised" if report["recognised"] else "not recognised")
     lines = [
         f"Task: {report['task']} ({how}; dominance {100 * report['dominance']:.2f} % of labelled foreground voxels, "
-        f"foreground {report['foreground_percent']:.3f} % of the image)",
+        f"foreground {report['foreground_percent']:.3f} % of the image"
+        + ("" if report["training_foreground_percent"] is None else f" vs {report['training_foreground_percent']:.3f} % in training")
+        + f", plausibility {report['plausibility']:.2f})",
     ]
     if report["low_confidence"]:
         lines.append(
@@ -287,6 +329,9 @@ def parser() -> argparse.ArgumentParser:
                    help="voxels per slab of dense inference: memory (about 400 bytes each) vs speed (default: %(default)s)")
     p.add_argument("--min-dominance", type=float, default=defaults.min_dominance,
                    help="below this share of foreground voxels in one task, report low confidence (default: %(default)s)")
+    p.add_argument("--min-plausibility", type=float, default=defaults.min_plausibility,
+                   help="below this agreement of the task's foreground fraction with its training images, "
+                        "report low confidence (default: %(default)s)")
     p.add_argument("--min-foreground-percent", type=float, default=defaults.min_foreground_percent,
                    help="below this foreground percentage, report low confidence (default: %(default)s)")
     return p

@@ -72,6 +72,7 @@ def train(cfg: DictConfig) -> dict:
     datamodule = instantiate(cfg.data, tasks=list(tasks), radius=cfg.model.depth, seed=cfg.seed)
     datamodule.prepare_data()
     datamodule.setup("fit")  # bad data fails here, before any training step
+    module.foreground_fraction = datamodule.foreground_fraction()  # stored with checkpoints, for predict
     baseline = intensity_baseline_dice(datamodule)
 
     steps = cfg.schedule.minibatches_per_task * n_tasks

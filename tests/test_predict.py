@@ -169,3 +169,19 @@ def test_results_go_back_to_an_oblique_anisotropic_grid_voxel_for_voxel():
     for value in (1, 2):
         overlap = 2 * ((back == value) & (label == value)).sum() / ((back == value).sum() + (label == value).sum())
         assert overlap > 0.9
+
+
+def test_recognition_weighs_dominance_by_a_plausible_foreground_fraction():
+    from mtseg.predict import Pass
+
+    # a brain MR read with CT preprocessing: 22 % of its voxels called coronary artery, all of
+    # that pass's foreground (dominance 1), while training CTAs hold 0.3 % coronary voxels
+    expected = {"brain": 0.4, "breast": 0.05, "cta": 0.003}
+    mri = Pass(("brain", "breast"), 1.0, np.eye(4), torch.zeros(1), {}, {"brain": 3600, "breast": 400, "cta": 10}, 10000)
+    ct = Pass(("cta",), 1.0, np.eye(4), torch.zeros(1), {}, {"brain": 0, "breast": 0, "cta": 2200}, 10000)
+    task, dominance, plausibility = mri.recognise(expected)
+    assert task == "brain" and dominance == pytest.approx(3600 / 4010) and plausibility == pytest.approx(0.9)
+    task, dominance, plausibility = ct.recognise(expected)
+    assert task == "cta" and dominance == 1.0 and plausibility == pytest.approx(0.003 / 0.22)
+    assert mri.recognise(expected)[1] * mri.recognise(expected)[2] > dominance * plausibility
+    assert ct.recognise({})[2] == 1.0  # without training statistics, dominance alone

@@ -93,6 +93,8 @@ def test_train_writes_the_run_directory(tiny_run):
     assert meta["preprocessing"]["brain"]["threshold"] == 0.0
     assert meta["pad_value"] == 0.0
     assert meta["data"]["brain"]["n_test"] == 2
+    # how much of a training image each task's foreground fills (predict's plausibility check)
+    assert 0 < meta["foreground_fraction"]["cta"] < 0.05 < meta["foreground_fraction"]["brain"] < 1
     # the PR operating points of the evaluation before the save
     assert meta["thresholds"] == {t: tasks[t]["threshold"] for t in ("breast", "cta")}
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["last.ckpt", "step0000006.ckpt", "step0000012.ckpt"]

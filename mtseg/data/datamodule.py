@@ -322,6 +322,13 @@ class MultiTaskDataModule(L.LightningDataModule):
             subject[NUM_SAMPLES] = max(1, round(float(quota.sum())))
             subject.update_attributes()
 
+    def foreground_fraction(self) -> dict[str, float]:
+        """Per task, the mean fraction of a (preprocessed) training image's voxels that are foreground."""
+        return {
+            task: float(np.mean([float((s[LABEL].data > 0).float().mean()) for s in self.subjects[task]["train"]]))
+            for task in self.tasks
+        }
+
     def held_out_images(self, limit: int | None = None) -> list[HeldOutImage]:
         """The first ``limit`` (all if ``None``) preprocessed held-out images of every task."""
         return [
