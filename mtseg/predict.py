@@ -124,6 +124,7 @@ def run_pass(
     channels: list[int] | None,
     device: torch.device,
     slab_voxels: int,
+    thresholds: dict[str, float] | None = None,
 ) -> Pass:
     """Preprocess ``image`` as ``tasks[0]`` was in training, at ``spacing``, and segment it densely."""
     config = loaded.meta["preprocessing"][tasks[0]]
@@ -141,6 +142,11 @@ def run_pass(
     counts = torch.bincount(segmentation.labels.flatten(), minlength=space.n_classes)
     per_task = {t: int(counts[space.task_classes(t)[1:]].sum()) for t in space.tasks}
     kept = {} if segmentation.probabilities is None else dict(zip(segmentation.channels, segmentation.probabilities))
+    # a task evaluated at a PR threshold counts the voxels its output would label, not its argmax
+    for t, threshold in (thresholds or {}).items():
+        channel = space.task_classes(t)[1]
+        if channel in kept:
+            per_task[t] = int((kept[channel] >= threshold).sum())
     return Pass(tasks, spacing, prepared[IMAGE].affine, segmentation.labels, kept, per_task, segmentation.labels.numel())
 
 
@@ -200,6 +206,7 @@ def _segment_and_write(args, loaded: LoadedCheckpoint, image: tio.ScalarImage, d
     channels = None if args.probabilities else [
         space.task_classes(t)[1] for t in space.tasks if TASKS[t].operating_point == "pr_threshold"
     ]
+    thresholds = {t: v for t in space.tasks if TASKS[t].operating_point == "pr_threshold" for v in [threshold_for(loaded, t)[0]] if v is not None}
     # how much of a training image each task's foreground filled (absent from older checkpoints)
     expected = dict(loaded.meta.get("foreground_fraction") or {})
     candidates: list[Pass] = []
@@ -209,7 +216,7 @@ def _segment_and_write(args, loaded: LoadedCheckpoint, image: tio.ScalarImage, d
             groups.setdefault(_preprocessing_key(loaded.meta["preprocessing"][task]), []).append(task)
         spacing = working_spacing(image, list(spacings.values()))
         for tasks in groups.values():
-            candidates.append(run_pass(loaded, image, tuple(tasks), spacing, channels, device, args.slab_voxels))
+            candidates.append(run_pass(loaded, image, tuple(tasks), spacing, channels, device, args.slab_voxels, thresholds))
         scores = [p.recognise(expected) for p in candidates]
         index = max(range(len(candidates)), key=lambda i: (scores[i][1] * scores[i][2], candidates[i].foreground))
         best = candidates[index]
@@ -222,14 +229,14 @@ def _segment_and_write(args, loaded: LoadedCheckpoint, image: tio.ScalarImage, d
         # segmented again with the task's own preprocessing when the pass used another
         # spacing or another task's intensity preprocessing
         if task not in best.tasks or abs(target - spacing) > 0.01 * target:
-            final = run_pass(loaded, image, (task,), spacings[task], channels, device, args.slab_voxels)
+            final = run_pass(loaded, image, (task,), spacings[task], channels, device, args.slab_voxels, thresholds)
             found, final_dominance, final_plausibility = final.recognise(expected)
             if found == task:
                 dominance, plausibility = final_dominance, final_plausibility
         candidates = [c.counts_only() for c in candidates]  # free their volumes
     else:
         task = args.task
-        final = run_pass(loaded, image, (task,), spacings[task], channels, device, args.slab_voxels)
+        final = run_pass(loaded, image, (task,), spacings[task], channels, device, args.slab_voxels, thresholds)
         found, dominance, plausibility = final.recognise(expected)
         recognised = False
         if found != task:
