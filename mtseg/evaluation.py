@@ -137,11 +137,8 @@ class EvaluationResult:
 
     def mean_dice(self) -> dict[tuple[str, str], float]:
         """Mean Dice over images per (task, class): the learning-curve value (NaN if undefined)."""
-        return {
-            (task, cls): (lambda m: math.nan if m is None else m)(result.class_dice(cls)["mean"])
-            for task, result in self.tasks.items()
-            for cls in result.classes
-        }
+        means = {(task, cls): result.class_dice(cls)["mean"] for task, result in self.tasks.items() for cls in result.classes}
+        return {key: math.nan if mean is None else mean for key, mean in means.items()}
 
     def thresholds(self) -> dict[str, float]:
         """PR operating point per ``pr_threshold`` task."""

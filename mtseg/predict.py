@@ -100,12 +100,6 @@ class Pass:
             return None, 0.0, 0.0
         return task, self.foreground_per_task[task] / self.foreground, self.plausibility(task, expected)
 
-    @property
-    def recognised(self) -> tuple[str | None, float]:
-        """(task, dominance) without training statistics."""
-        task, dominance, _ = self.recognise({})
-        return task, dominance
-
     def counts_only(self) -> Pass:
         """This pass without its volumes (kept for the report once recognition is done)."""
         return Pass(self.tasks, self.spacing, self.affine, torch.empty(0), {}, dict(self.foreground_per_task), self.n_voxels)

@@ -325,7 +325,7 @@ class MultiTaskDataModule(L.LightningDataModule):
     def foreground_fraction(self) -> dict[str, float]:
         """Per task, the mean fraction of a (preprocessed) training image's voxels that are foreground."""
         return {
-            task: float(np.mean([float((s[LABEL].data > 0).float().mean()) for s in self.subjects[task]["train"]]))
+            task: float(np.mean([int(s[LABEL].data.count_nonzero()) / s[LABEL].data.numel() for s in self.subjects[task]["train"]]))
             for task in self.tasks
         }
 
