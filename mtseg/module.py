@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from mtseg.data.datamodule import HeldOutImage
+from mtseg.dense_loss import dense_loss
 from mtseg.evaluation import EvaluationResult, WholeImageEvaluator
 from mtseg.inference import DEFAULT_SLAB_VOXELS
 from mtseg.model import TriplanarCNN
@@ -23,7 +24,11 @@ class MultiTaskSegmentationModule(L.LightningModule):
     """One :class:`TriplanarCNN` for all tasks of an experiment.
 
     Training batches are dicts with ``planes`` ``(B, 3, P, P)``, ``target`` (output
-    channel) and ``task`` (index into the experiment's tasks). Validation steps get one
+    channel) and ``task`` (index into the experiment's tasks) in the paper's mode
+    (``training=patch``), or with ``context`` ``(B, S, S, S)``, ``target`` ``(B, k, k, k)``
+    and ``task`` ``(B,)`` in compute-sharing mode (``training=dense``: cubes of ``k³``
+    target voxels, their loss weighted back to the paper's class and task balance by
+    :func:`~mtseg.dense_loss.dense_loss`). Both train the same network. Validation steps get one
     whole held-out image each (:class:`~mtseg.data.datamodule.HeldOutImage`): it is
     segmented densely and, once all are in, evaluated as in the paper (§4) by
     :class:`~mtseg.evaluation.WholeImageEvaluator`.
@@ -39,6 +44,7 @@ class MultiTaskSegmentationModule(L.LightningModule):
         evaluation: ``pr_thresholds`` (thresholds of the PR analysis) and ``slab_voxels``
             (voxels per slab of dense inference).
         data: The data config, stored so a checkpoint can be evaluated on the same test sets.
+        training: The training mode's config (``conf/training``), stored with checkpoints.
     """
 
     def __init__(
@@ -51,6 +57,7 @@ class MultiTaskSegmentationModule(L.LightningModule):
         pad_value: float = 0.0,
         evaluation: Mapping[str, Any] | None = None,
         data: Mapping[str, Any] | None = None,
+        training: Mapping[str, Any] | None = None,
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -73,14 +80,38 @@ class MultiTaskSegmentationModule(L.LightningModule):
     def forward(self, planes: torch.Tensor) -> torch.Tensor:
         return self.net(planes)
 
+    def on_fit_start(self) -> None:
+        """Dense mode: the cubes' context must match the network's depth, and a step must fit in memory."""
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if datamodule is None or not getattr(datamodule, "dense", False):
+            return
+        if datamodule.radius != self.net.depth:
+            raise ValueError(
+                f"training=dense: the data pads cubes by {datamodule.radius} voxels but model.depth={self.net.depth}; "
+                "the cube context must be training.cube + 2 * model.depth (build the data module with radius=model.depth)"
+            )
+        cube, per_task = int(datamodule.training["cube"]), int(datamodule.training["cubes_per_task"])
+        n_cubes = per_task * len(self.label_space.tasks)
+        needed = self.net.forward_cubes_bytes(n_cubes, cube)
+        available = available_memory(self.device)
+        if available is not None and needed > available:
+            raise ValueError(
+                f"training=dense: a step on {n_cubes} cubes of {cube}^3 voxels (training.cubes_per_task={per_task}, "
+                f"training.cube={cube}) needs about {needed / 2**30:.1f} GiB, but {available / 2**30:.1f} GiB "
+                f"are available on {self.device}; lower training.cube or training.cubes_per_task"
+            )
+
     def training_step(self, batch: Mapping[str, torch.Tensor], batch_index: int) -> torch.Tensor:
-        logits = self.net(batch["planes"])
-        losses = F.cross_entropy(logits, batch["target"], reduction="none")
-        loss = losses.mean()
-        self.log("train/loss", loss, prog_bar=True)
         n_tasks = len(self.label_space.tasks)
-        per_task = torch.zeros(n_tasks, device=losses.device).index_add_(0, batch["task"], losses.detach())
-        per_task /= torch.bincount(batch["task"], minlength=n_tasks).clamp_min(1)
+        if "context" in batch:  # training=dense: cubes
+            cube = batch["target"].shape[-1]
+            loss, per_task = dense_loss(self.net.forward_cubes(batch["context"], cube), batch["target"], batch["task"], n_tasks)
+        else:  # training=patch: the paper's triplanar samples
+            losses = F.cross_entropy(self.net(batch["planes"]), batch["target"], reduction="none")
+            loss = losses.mean()
+            per_task = torch.zeros(n_tasks, device=losses.device).index_add_(0, batch["task"], losses.detach())
+            per_task /= torch.bincount(batch["task"], minlength=n_tasks).clamp_min(1)
+        self.log("train/loss", loss, prog_bar=True)
         for task_id, task in enumerate(self.label_space.tasks):
             self.log(f"train/loss/{task}", per_task[task_id])
         return loss
@@ -119,7 +150,22 @@ class MultiTaskSegmentationModule(L.LightningModule):
             "pad_value": self.hparams.pad_value,
             "foreground_fraction": dict(self.foreground_fraction),
             "data": self.hparams.data,
+            "training": self.hparams.training,
             # PR operating points of the evaluation just before this save (same weights)
             "thresholds": {} if self.latest_evaluation is None else self.latest_evaluation.thresholds(),
             "thresholds_from": None if self.latest_evaluation is None else "held-out images at training time",
         }
+
+
+def available_memory(device: torch.device) -> int | None:
+    """Bytes of memory a training step can still take on ``device`` (``None`` when unknown)."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None

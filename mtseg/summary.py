@@ -37,6 +37,7 @@ def write_summary(
         "n_params": module.n_params,
         "model": OmegaConf.to_container(cfg.model),
         "seed": cfg.seed,
+        "training": OmegaConf.to_container(cfg.training),
         "batch_size": cfg.data.batch_size,
         "steps": steps,
         "minibatches_per_task": steps / len(space.tasks),
@@ -53,9 +54,14 @@ def write_summary(
 
 def dice_table(summary: Mapping) -> str:
     """Plain-text table: whole-image Dice per class of the CNN beside the intensity-only baseline."""
+    training = summary.get("training") or {"mode": "patch"}
+    if training["mode"] == "dense":
+        batch = f"{training['cubes_per_task']} cube(s) of {training['cube']}^3 voxels, training=dense"
+    else:
+        batch = f"{summary['batch_size']} samples"
     lines = [
         f"Final Dice, experiment {summary['experiment']} "
-        f"({summary['minibatches_per_task']:.0f} mini-batches per task of {summary['batch_size']} samples)",
+        f"({summary['minibatches_per_task']:.0f} mini-batches per task of {batch})",
         f"{'task':<8} {'class':<28} {'CNN':>8} {'threshold':>10} {'confusion %':>12} {'intensity-only':>15}",
     ]
     baseline = summary["intensity_baseline_dice"]

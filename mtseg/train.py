@@ -63,13 +63,16 @@ def train(cfg: DictConfig) -> dict:
         pad_value=cfg.data.pad_value,
         evaluation=OmegaConf.to_container(cfg.evaluation),
         data=OmegaConf.to_container(cfg.data, resolve=True),
+        training=OmegaConf.to_container(cfg.training),
         **OmegaConf.to_container(cfg.optimizer),
     )
     log.info(
         "Experiment %s: TriplanarCNN with %d parameters, %d outputs %s",
         cfg.experiment, module.n_params, module.label_space.n_classes, list(module.label_space.class_names),
     )
-    datamodule = instantiate(cfg.data, tasks=list(tasks), radius=cfg.model.depth, seed=cfg.seed)
+    datamodule = instantiate(
+        cfg.data, tasks=list(tasks), radius=cfg.model.depth, seed=cfg.seed, training=OmegaConf.to_container(cfg.training)
+    )
     datamodule.prepare_data()
     datamodule.setup("fit")  # bad data fails here, before any training step
     module.foreground_fraction = datamodule.foreground_fraction()  # stored with checkpoints, for predict

@@ -33,7 +33,7 @@ def toy_subject(task: str, n_classes: int, shape=(16, 18, 20), seed=0, rare=None
     )
 
 
-def toy_datamodule(tasks, batch_size=42, rare=None, subjects=None, separable=False):
+def toy_datamodule(tasks, batch_size=42, rare=None, subjects=None, separable=False, training=None):
     sources = {
         t: {"source": "in-memory", "preprocessing": {"spacing": 1.0, "threshold": 0.0, "intensity": []}}
         for t in tasks
@@ -46,6 +46,7 @@ def toy_datamodule(tasks, batch_size=42, rare=None, subjects=None, separable=Fal
         pad_value=0.0,
         queue={"max_length": 300, "samples_per_volume": 60},
         seed=0,
+        training=training,
         **sources,
     )
     n_classes = {"brain": 7, "breast": 2, "cta": 2}

@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 
 from mtseg.data.augmentation import TrainingAugmentation
 from mtseg.data.check import check_subjects
+from mtseg.data.cube_sampling import ClassBalancedCubeSampler, TaskBalancedCubes
 from mtseg.data.preprocessing import IMAGE, LABEL, SAMPLING_MASK, build_preprocessing
 from mtseg.data.sampling import (
     CLASS_INDEX,
@@ -209,6 +210,10 @@ class MultiTaskDataModule(L.LightningDataModule):
         val_images_per_task: Held-out images per task evaluated at each learning-curve
             evaluation (the first ones of the test split); ``None`` for all of them.
         seed: Seed of the sampling generators.
+        training: The training mode (``conf/training``): ``mode`` ``patch`` (the paper's
+            triplanar samples, ``batch_size`` per mini-batch from ``queue``) or ``dense``
+            (``cubes_per_task`` cubes of ``cube³`` target voxels per task and mini-batch,
+            from queues of their own ``queue`` settings).
         **sources: Per-task data config, one keyword per task (``data.<task>``): source,
             split sizes and ``preprocessing`` (``spacing``, ``threshold``, ``intensity`` transforms).
     """
@@ -223,6 +228,7 @@ class MultiTaskDataModule(L.LightningDataModule):
         queue: Mapping,
         val_images_per_task: int | None = None,
         seed: int = 0,
+        training: Mapping | None = None,
         **sources: Mapping,
     ):
         super().__init__()
@@ -246,7 +252,24 @@ class MultiTaskDataModule(L.LightningDataModule):
         self.queue_cfg = dict(queue)
         self.val_images_per_task = val_images_per_task
         self.seed = seed
+        self.training = dict(training or {"mode": "patch"})
+        if self.training["mode"] not in ("patch", "dense"):
+            raise ValueError(f"training.mode must be 'patch' or 'dense', got {self.training['mode']!r}")
+        if self.dense:
+            for knob in ("cube", "cubes_per_task"):
+                if int(self.training[knob]) < 1:
+                    raise ValueError(f"training.{knob} must be positive, got {self.training[knob]}")
         self.subjects: dict[str, dict[str, list[tio.Subject]]] = {}
+
+    @property
+    def dense(self) -> bool:
+        """Compute-sharing training (``training=dense``): mini-batches of cubes."""
+        return self.training["mode"] == "dense"
+
+    @property
+    def sampling_queue(self) -> dict:
+        """``max_length`` and ``samples_per_volume`` of the training queues of this mode."""
+        return dict(self.training["queue"]) if self.dense else self.queue_cfg
 
     def _raw_subjects(self) -> dict[str, dict[str, list[tio.Subject]]]:
         return {task: task_subjects(task, self.sources[task], self.root) for task in self.tasks}
@@ -287,6 +310,7 @@ class MultiTaskDataModule(L.LightningDataModule):
                 for split, subjects in splits.items()
             }
             if not held_out_only:
+                self._check_cube_fits(task)
                 self._set_class_quotas(task)
             self._check_pr_foreground(task, None if held_out_only else self.val_images_per_task)
 
@@ -300,6 +324,19 @@ class MultiTaskDataModule(L.LightningDataModule):
                 f"the {len(images)} held-out image(s) of task {task!r} evaluated at each learning-curve step "
                 f"({', '.join(s['case_id'] for s in images)}) hold no {get_task(task).classes[0]}: its PR operating "
                 "point is undefined; raise data.val_images_per_task or add held-out images with foreground"
+            )
+
+    def _check_cube_fits(self, task: str) -> None:
+        """In dense mode every training volume must hold a whole cube."""
+        if not self.dense:
+            return
+        cube = int(self.training["cube"])
+        small = [s for s in self.subjects[task]["train"] if min(s[VOLUME].shape) < cube]
+        if small:
+            raise ValueError(
+                f"training.cube={cube} does not fit {len(small)} training volume(s) of task {task!r} "
+                f"(e.g. {small[0]['case_id']}: {small[0][VOLUME].shape} voxels after preprocessing); "
+                f"lower training.cube to at most {min(min(s[VOLUME].shape) for s in small)}"
             )
 
     def _prepare(self, subject: tio.Subject, transform) -> tio.Subject:
@@ -316,7 +353,7 @@ class MultiTaskDataModule(L.LightningDataModule):
                 f"training images of task {task!r} contain no sample voxel of class(es) {empty} "
                 f"(above data.{task}.preprocessing.threshold); each class needs training samples"
             )
-        quotas = class_quotas(counts, int(self.queue_cfg["samples_per_volume"]))
+        quotas = class_quotas(counts, int(self.sampling_queue["samples_per_volume"]))
         for subject, quota in zip(subjects, quotas):
             subject[CLASS_QUOTA] = quota
             subject[NUM_SAMPLES] = max(1, round(float(quota.sum())))
@@ -338,9 +375,12 @@ class MultiTaskDataModule(L.LightningDataModule):
         ]
 
     def _queue(self, task: str) -> tio.Queue:
-        cfg = self.queue_cfg
+        cfg = self.sampling_queue
         generator = seeded_generator(self.seed, SAMPLING, TASK_ORDER.index(task))
-        sampler = ClassBalancedTriplanarSampler(self.radius, int(cfg["samples_per_volume"]), generator)
+        if self.dense:
+            sampler = ClassBalancedCubeSampler(self.radius, int(self.training["cube"]), int(cfg["samples_per_volume"]), generator)
+        else:
+            sampler = ClassBalancedTriplanarSampler(self.radius, int(cfg["samples_per_volume"]), generator)
         return tio.Queue(
             PreparedSubjectsDataset(self.subjects[task]["train"]),
             max_length=int(cfg["max_length"]),
@@ -351,9 +391,11 @@ class MultiTaskDataModule(L.LightningDataModule):
             shuffle_patches=True,
         )
 
-    def train_batches(self, length: int | None = None) -> TaskBalancedBatches:
-        """Task-balanced mini-batches: ``length`` of them, or endless when ``None``."""
+    def train_batches(self, length: int | None = None) -> TaskBalancedBatches | TaskBalancedCubes:
+        """Task-balanced mini-batches (of samples, or of cubes in dense mode): ``length`` of them, or endless when ``None``."""
         queues = {task: self._queue(task) for task in self.tasks}
+        if self.dense:
+            return TaskBalancedCubes(queues, self.label_space, int(self.training["cubes_per_task"]), length)
         generator = seeded_generator(self.seed, TASK_SPLIT)
         return TaskBalancedBatches(queues, self.label_space, self.batch_size, generator, length)
 

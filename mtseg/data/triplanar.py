@@ -66,6 +66,29 @@ class TriplanarVolume:
         r = self.radius
         return ((i + r) * sy + (j + r)) * sz + (k + r)
 
+    def cube_start(self, flat_index: torch.Tensor, cube: int) -> torch.Tensor:
+        """``(N, 3)`` first voxel of the ``cube³`` cube around each voxel, kept inside the volume.
+
+        The voxel sits at the cube's centre where it can; near the volume's borders the cube
+        is shifted inwards so all its target voxels lie inside the volume (each side must
+        hold at least ``cube`` voxels).
+        """
+        nx, ny, nz = self.shape
+        if min(self.shape) < cube:
+            raise ValueError(f"a volume of shape {self.shape} cannot hold a cube of {cube}^3 voxels")
+        flat_index = flat_index.long()
+        i, rest = torch.div(flat_index, ny * nz, rounding_mode="floor"), flat_index % (ny * nz)
+        j, k = torch.div(rest, nz, rounding_mode="floor"), rest % nz
+        centre = torch.stack([i, j, k], dim=1)
+        upper = torch.tensor([nx - cube, ny - cube, nz - cube])
+        return torch.minimum((centre - cube // 2).clamp_min(0), upper)
+
+    def cube_context(self, start: tuple[int, int, int], cube: int) -> torch.Tensor:
+        """The ``(cube + 2·radius)³`` context of the cube whose first target voxel is ``start`` (a view)."""
+        sx, sy, sz = (int(s) for s in start)
+        side = cube + 2 * self.radius
+        return self.padded[sx : sx + side, sy : sy + side, sz : sz + side]
+
     def extract(self, flat_index: torch.Tensor) -> torch.Tensor:
         """Triplanar patches ``(N, 3, P, P)`` centred on the given flat voxel indices."""
         centres = self.padded_flat_index(flat_index.long())

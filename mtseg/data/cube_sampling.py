@@ -1,0 +1,143 @@
+"""Compute-sharing training items: class-balanced cubes of target voxels, as a TorchIO sampler.
+
+In ``training=dense`` a training item is a cube of ``cube³`` target voxels with its context
+of ``depth`` voxels on every side (a 3-D patch, TorchIO's own kind of item). The network
+runs its stack over the cube's axial, sagittal and coronal context slices at once
+(:meth:`~mtseg.model.TriplanarCNN.forward_cubes`), so every target voxel is classified from
+exactly its own three 51×51 patches at a fraction of the cost of one patch per voxel.
+
+Where cubes go is decided as in the paper's sampling: the cube centres are drawn
+class-balanced with the same :class:`~mtseg.data.sampling.ClassVoxelIndex` and class quotas
+as triplanar samples (so rare classes such as the coronary arteries or the brain stem still
+decide where cubes lie), only at voxels above the task's threshold. Within a cube, voxels at
+or below the threshold carry the target :data:`IGNORE`; the loss weights
+(:func:`mtseg.dense_loss.dense_loss_weights`) restore class and task balance.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator, Iterator, Mapping
+
+import torch
+import torchio as tio
+from torch.utils.data import IterableDataset
+from torchio.data.sampler import RandomSampler
+
+from mtseg.data.sampling import CLASS_INDEX, CLASS_QUOTA, NOT_ELIGIBLE, NUM_SAMPLES, VOLUME, ClassVoxelIndex, proportional_counts
+from mtseg.data.triplanar import TriplanarVolume
+from mtseg.tasks import LabelSpace
+
+#: Target of voxels the loss ignores (at or below the task's threshold); ``F.cross_entropy``'s default.
+IGNORE = -100
+
+
+class ClassBalancedCubeSampler(RandomSampler):
+    """Yield cubes of one subject, their centres drawn class-balanced as in :class:`ClassBalancedTriplanarSampler`.
+
+    A visit of a subject draws ``subject.num_samples`` cube centres (``block_size`` when the
+    subject has none), split over the classes in proportion to the subject's
+    :data:`~mtseg.data.sampling.CLASS_QUOTA`; each cube is placed around its centre and
+    shifted inwards at the volume's borders. Items are dicts with ``context``
+    ``(S, S, S)`` intensities (``S = cube + 2·radius``) and ``codes`` ``(cube, cube, cube)``
+    uint8 task-local labels, :data:`~mtseg.data.sampling.NOT_ELIGIBLE` where the voxel is at
+    or below the threshold.
+
+    Args:
+        radius: The model's depth (context on each side of the cube).
+        cube: Target voxels per side of a cube.
+        block_size: Cubes per visit of subjects without ``num_samples``.
+        generator: Random generator, for reproducible sampling.
+    """
+
+    def __init__(self, radius: int, cube: int, block_size: int, generator: torch.Generator | None = None):
+        if cube < 1:
+            raise ValueError(f"training.cube must be positive, got {cube}")
+        if block_size < 1:
+            raise ValueError(f"block_size must be positive, got {block_size}")
+        super().__init__(patch_size=cube)
+        self.radius = radius
+        self.cube = cube
+        self.block_size = block_size
+        self.generator = generator if generator is not None else torch.Generator().manual_seed(0)
+
+    def draw_block(self, subject: tio.Subject, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Centres (flat voxel indices) of ``n`` cubes of ``subject`` and the first voxel ``(n, 3)`` of each cube."""
+        index: ClassVoxelIndex = subject[CLASS_INDEX]
+        volume: TriplanarVolume = subject[VOLUME]
+        if volume.radius != self.radius:
+            raise ValueError(f"volume padded for radius {volume.radius}, sampler wants {self.radius}")
+        quota = subject.get(CLASS_QUOTA)
+        weights = quota if quota is not None else (index.counts > 0).double()
+        counts = proportional_counts(n, weights, self.generator)
+        centres = torch.cat([index.draw(c, k, self.generator) for c, k in enumerate(counts.tolist()) if k > 0])
+        centres = centres[torch.randperm(n, generator=self.generator)]
+        return centres, volume.cube_start(centres, self.cube)
+
+    def _generate_patches(self, subject: tio.Subject) -> Generator[dict]:
+        volume: TriplanarVolume = subject[VOLUME]
+        codes = subject[CLASS_INDEX].codes.view(volume.shape)
+        n = int(subject.get(NUM_SAMPLES, self.block_size))
+        k = self.cube
+        while True:
+            _, starts = self.draw_block(subject, n)
+            for sx, sy, sz in starts.tolist():
+                yield {
+                    "context": volume.cube_context((sx, sy, sz), k),
+                    "codes": codes[sx : sx + k, sy : sy + k, sz : sz + k],
+                }
+
+
+class TaskBalancedCubes(IterableDataset):
+    """Mini-batches of cubes: ``cubes_per_task`` cubes from each task's TorchIO queue.
+
+    Each mini-batch is a dict with ``context`` ``(B, S, S, S)``, ``target`` ``(B, k, k, k)``
+    (the experiment's output channels, :data:`IGNORE` at or below the threshold) and
+    ``task`` ``(B,)`` (index into the experiment's tasks), ``B = cubes_per_task · T``.
+
+    Args:
+        queues: Queue of cubes per task.
+        label_space: The experiment's merged classes.
+        cubes_per_task: Cubes of each task per mini-batch.
+        length: Mini-batches per pass (the run's steps); ``None`` for an endless stream.
+    """
+
+    def __init__(
+        self,
+        queues: Mapping[str, tio.Queue],
+        label_space: LabelSpace,
+        cubes_per_task: int,
+        length: int | None = None,
+    ):
+        if cubes_per_task < 1:
+            raise ValueError(f"training.cubes_per_task must be positive, got {cubes_per_task}")
+        self.queues = dict(queues)
+        self.tasks = list(self.queues)
+        self.cubes_per_task = cubes_per_task
+        self.length = length
+        # task-local code -> output channel; NOT_ELIGIBLE -> IGNORE
+        self.luts = {}
+        for task in self.tasks:
+            lut = torch.full((NOT_ELIGIBLE + 1,), IGNORE, dtype=torch.long)
+            channels = label_space.global_labels(task)
+            lut[: len(channels)] = channels
+            self.luts[task] = lut
+
+    def __len__(self) -> int:
+        if self.length is None:
+            raise TypeError("an endless stream of mini-batches has no length")
+        return self.length
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        drawn = 0
+        per_task = self.cubes_per_task
+        task_ids = torch.arange(len(self.tasks)).repeat_interleave(per_task)
+        while self.length is None or drawn < self.length:
+            drawn += 1
+            contexts, targets = [], []
+            for task in self.tasks:
+                queue = self.queues[task]
+                for _ in range(per_task):
+                    item = queue[0]
+                    contexts.append(item["context"])
+                    targets.append(self.luts[task][item["codes"].long()])
+            yield {"context": torch.stack(contexts), "target": torch.stack(targets), "task": task_ids.clone()}
