@@ -9,7 +9,7 @@ EXPERIMENT ?= brain_breast_cta
 EXPERIMENTS := brain,breast,cta,brain_breast,brain_cta,breast_cta,brain_breast_cta
 ARGS ?=
 
-.PHONY: install demo train sweep figures test bench data-brain clean
+.PHONY: install demo demo-paper train sweep figures test bench data-brain clean
 
 install: $(VENV)/.installed
 
@@ -20,9 +20,13 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(BIN)/pip install --quiet -e ".[dev]"
 	touch $@
 
-# Experiment 7 on phantoms with the CPU-sized schedule of conf/preset/cpu_demo.yaml.
+# Experiment 7 on phantoms, compute-sharing training (training=dense), CPU-sized: conf/preset/cpu_demo.yaml.
 demo: install
 	$(BIN)/python -m mtseg.train +experiment=brain_breast_cta +preset=cpu_demo $(ARGS)
+
+# The same experiment trained the paper's way (training=patch), CPU-sized: conf/preset/cpu_demo_paper.yaml.
+demo-paper: install
+	$(BIN)/python -m mtseg.train +experiment=brain_breast_cta +preset=cpu_demo_paper $(ARGS)
 
 # One experiment: make train EXPERIMENT=brain ARGS="schedule.minibatches_per_task=5000"
 train: install

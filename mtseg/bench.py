@@ -9,7 +9,11 @@
 3. their ratio (the pipeline should be at least 10x faster, so sampling never limits training);
 4. the pipeline on one CTA-sized volume (512x512x400 by default): preprocessing time,
    class-index time, samples/s and peak memory;
-5. dense whole-volume inference versus patch-by-patch inference of the paper-sized
+5. learning per second: labelled voxels per second of training in compute-sharing mode
+   (``training=dense``: cubes at the settings of ``conf/training/dense.yaml``) against the
+   paper's patch mode, same network, same phantoms; the dense pipeline's rate against its
+   step; and the peak memory of a process doing dense training steps (a fresh process);
+6. dense whole-volume inference versus patch-by-patch inference of the paper-sized
    network on a 64^3 volume (voxels/s of each and their ratio), and, with
    ``--large-shape 256 256 256``, dense voxels/s and peak memory on a large volume
    (measured in a separate process, so the peak is the inference's own).
@@ -29,6 +33,9 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
 from mtseg import CONFIG_DIR
+from omegaconf import OmegaConf
+
+from mtseg.data.cube_sampling import IGNORE
 from mtseg.data.datamodule import MultiTaskDataModule, PreparedSubjectsDataset, prepare_subject
 from mtseg.data.preprocessing import build_preprocessing
 from mtseg.data.sampling import ClassBalancedTriplanarSampler
@@ -49,27 +56,60 @@ def time_pipeline(batches, n: int) -> float:
     return samples / (time.perf_counter() - start)
 
 
+def labelled_voxels(batch: dict[str, torch.Tensor]) -> int:
+    """Voxels the loss trains on: every sample in patch mode, the cubes' voxels above the threshold in dense mode."""
+    return int((batch["target"] != IGNORE).sum())
+
+
 def time_training(module: MultiTaskSegmentationModule, batches, n: int, device: torch.device) -> float:
-    """Samples per second of ``n`` optimiser steps (after one warm-up step)."""
+    """Labelled voxels (samples in patch mode) per second of ``n`` optimiser steps, after one warm-up step."""
     module.to(device).train()
     optimizer = module.configure_optimizers()
     data = [next(batches) for _ in range(n + 1)]
     seconds, samples = 0.0, 0
     for index, batch in enumerate(data):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
+        _synchronize(device)
         start = time.perf_counter()
-        planes, target = batch["planes"].to(device), batch["target"].to(device)
-        loss = torch.nn.functional.cross_entropy(module(planes), target)
+        loss, _ = module.loss({key: value.to(device) for key, value in batch.items()})
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
+        _synchronize(device)
         if index > 0:
             seconds += time.perf_counter() - start
-            samples += len(target)
+            samples += labelled_voxels(batch)
     return samples / seconds
+
+
+def _dense_step_in_child(tasks: list[str], model: dict, n_cubes: int, cube: int, device_type: str, results) -> None:
+    device = torch.device(device_type)
+    module = MultiTaskSegmentationModule(tasks, model=model).to(device).train()
+    optimizer = module.configure_optimizers()
+    side = cube + 2 * module.net.depth
+    batch = {
+        "context": torch.rand(n_cubes, side, side, side, device=device),
+        "target": torch.randint(module.label_space.n_classes, (n_cubes, cube, cube, cube), device=device),
+        "task": torch.arange(n_cubes, device=device) % len(tasks),
+    }
+    before = peak_rss_gib()
+    for _ in range(2):
+        loss, _ = module.loss(batch)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    gpu = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
+    results.put((before, peak_rss_gib(), gpu, module.net.forward_cubes_bytes(n_cubes, cube) / 2**30))
+
+
+def dense_step_memory(tasks: list[str], model: dict, n_cubes: int, cube: int, device: torch.device) -> tuple:
+    """Peak RSS (GiB) of a fresh process before and after two dense training steps, peak GPU memory, and the estimate."""
+    context = multiprocessing.get_context("spawn")
+    results = context.Queue()
+    child = context.Process(target=_dense_step_in_child, args=(tasks, model, n_cubes, cube, device.type, results))
+    child.start()
+    measured = results.get()
+    child.join()
+    return measured
 
 
 def _synchronize(device: torch.device) -> None:
@@ -167,12 +207,13 @@ def main(argv: list[str] | None = None) -> None:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     print(f"device: {device} ({torch.cuda.get_device_name() if device.type == 'cuda' else f'{torch.get_num_threads()} CPU threads'})")
     if not args.inference_only:
-        time_pipeline_and_training(args, cfg, tasks, device)
+        patch_rate = time_pipeline_and_training(args, cfg, tasks, device)
+        time_dense_training(args, tasks, device, patch_rate)
     time_inference(args, device)
 
 
-def time_pipeline_and_training(args: argparse.Namespace, cfg, tasks: list[str], device: torch.device) -> None:
-    """Measurements 1-4: the data pipeline, the training step, their ratio, the CTA-sized volume."""
+def time_pipeline_and_training(args: argparse.Namespace, cfg, tasks: list[str], device: torch.device) -> float:
+    """Measurements 1-4: the data pipeline, the training step, their ratio, the CTA-sized volume; returns the step's samples/s."""
 
     datamodule: MultiTaskDataModule = instantiate(cfg.data, tasks=tasks, radius=cfg.model.depth, seed=0)
     start = time.perf_counter()
@@ -219,11 +260,41 @@ def time_pipeline_and_training(args: argparse.Namespace, cfg, tasks: list[str], 
         f"CTA-sized volume {shape}: preprocessing + class index {prepare_seconds:.1f} s once, "
         f"queue {rate:.1f} samples/s over {args.refills} fills, peak RSS of the process {peak_rss_gib():.2f} GiB"
     )
+    return training
 
+
+
+def time_dense_training(args: argparse.Namespace, tasks: list[str], device: torch.device, patch_rate: float) -> None:
+    """Measurement 5: labelled voxels/s of dense against patch training, dense pipeline, dense step memory."""
+    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose("train", overrides=["training=dense", *args.overrides])
+    training_cfg = OmegaConf.to_container(cfg.training)
+    datamodule: MultiTaskDataModule = instantiate(cfg.data, tasks=tasks, radius=cfg.model.depth, seed=0, training=training_cfg)
+    datamodule.prepare_data()
+    datamodule.setup()
+    batches = iter(datamodule.train_batches())
+    n_batches = args.refills * int(training_cfg["queue"]["max_length"]) // int(training_cfg["cubes_per_task"])
+    start = time.perf_counter()
+    voxels = sum(labelled_voxels(next(batches)) for _ in range(n_batches))
+    pipeline = voxels / (time.perf_counter() - start)
+    module = MultiTaskSegmentationModule(tasks, model=dict(cfg.model))
+    dense = time_training(module, batches, args.train_steps, device)
+    cube, per_task = int(training_cfg["cube"]), int(training_cfg["cubes_per_task"])
+    print(
+        f"dense training (training=dense, {per_task} cube(s) of {cube}^3 per task and step): {dense:9.1f} labelled voxels/s, "
+        f"{dense / patch_rate:.0f}x the patch mode's {patch_rate:.1f}"
+    )
+    print(f"dense pipeline ({n_batches} mini-batches of cubes): {pipeline:9.1f} labelled voxels/s, {pipeline / dense:.1f}x the dense step")
+    before, peak, gpu, estimate = dense_step_memory(tasks, dict(cfg.model), per_task * len(tasks), cube, device)
+    print(
+        f"dense training step on {per_task * len(tasks)} cubes of {cube}^3: peak RSS {peak:.2f} GiB "
+        f"({before:.2f} GiB before the first step){'' if gpu is None else f', peak GPU memory {gpu:.2f} GiB'}; "
+        f"the check before training estimates {estimate:.2f} GiB"
+    )
 
 
 def time_inference(args: argparse.Namespace, device: torch.device) -> None:
-    """Measurement 5: dense versus patch-by-patch inference, and optionally a large volume."""
+    """Measurement 6: dense versus patch-by-patch inference, and optionally a large volume."""
     dense, patches = time_dense_versus_patches(tuple(args.dense_shape), args.patch_voxels, args.slab, device)
     print(
         f"inference on {tuple(args.dense_shape)}: dense {dense:.0f} voxels/s, patch by patch {patches:.1f} voxels/s "

@@ -3,10 +3,41 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 #: Order of the three planes along the channel axis of a triplanar sample.
 PLANES: tuple[str, ...] = ("axial", "sagittal", "coronal")
+
+
+class RenormBatchNorm2d(nn.BatchNorm2d):
+    """``nn.BatchNorm2d`` that can train with batch renormalisation (Ioffe, NeurIPS 2017).
+
+    With :attr:`renorm` ``(r_max, d_max)`` set, training normalises with the batch's
+    statistics corrected towards the running ones, ``x̂ = (x - μ_B) / σ_B · r + d`` with
+    ``r = clip(σ_B / σ, 1/r_max, r_max)`` and ``d = clip((μ_B - μ) / σ, -d_max, d_max)``
+    (constants for the gradient), so the output in training matches the output in
+    inference even when a mini-batch is not a representative sample, as a mini-batch of a
+    few cubes is not. It is computed as plain batch normalisation with weight ``γ·r`` and
+    bias ``β + γ·d``. Parameters, buffers and inference are those of ``nn.BatchNorm2d``,
+    so checkpoints do not depend on it. ``renorm=None`` is plain batch normalisation.
+    """
+
+    renorm: tuple[float, float] | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not (self.training and self.renorm is not None):
+            return super().forward(x)
+        r_max, d_max = self.renorm
+        with torch.no_grad():
+            var, mean = torch.var_mean(x, dim=(0, 2, 3), unbiased=False)
+            running_std = (self.running_var + self.eps).sqrt()
+            r = ((var + self.eps).sqrt() / running_std).clamp(1 / r_max, r_max)
+            d = ((mean - self.running_mean) / running_std).clamp(-d_max, d_max)
+        return F.batch_norm(
+            x, self.running_mean, self.running_var, self.weight * r, self.bias + self.weight * d,
+            training=True, momentum=self.momentum, eps=self.eps,
+        )
 
 
 class TriplanarCNN(nn.Module):
@@ -53,23 +84,29 @@ class TriplanarCNN(nn.Module):
         for index in range(depth):
             layers += [
                 nn.Conv2d(1 if index == 0 else width, width, kernel_size=3, bias=False),
-                nn.BatchNorm2d(width),
+                RenormBatchNorm2d(width),
                 nn.ELU(inplace=True),
             ]
         self.features = nn.Sequential(*layers)
         self.head = nn.Sequential(
             nn.Conv2d(len(PLANES) * width, fc_width, kernel_size=1, bias=False),
-            nn.BatchNorm2d(fc_width),
+            RenormBatchNorm2d(fc_width),
             nn.ELU(inplace=True),
             nn.Dropout(dropout),
             nn.Conv2d(fc_width, fc_width, kernel_size=1, bias=False),
-            nn.BatchNorm2d(fc_width),
+            RenormBatchNorm2d(fc_width),
             nn.ELU(inplace=True),
             nn.Dropout(dropout),
             nn.Conv2d(fc_width, n_classes, kernel_size=1),
         )
         # Channels-last weights: measured 1.2x faster training and 1.6x faster inference on CPU.
         self.to(memory_format=torch.channels_last)
+
+    def set_batch_renorm(self, renorm: tuple[float, float] | None) -> None:
+        """Train every batch normalisation with batch renormalisation ``(r_max, d_max)``, or plainly (``None``)."""
+        for module in self.modules():
+            if isinstance(module, RenormBatchNorm2d):
+                module.renorm = None if renorm is None else (float(renorm[0]), float(renorm[1]))
 
     @property
     def patch_size(self) -> int:

@@ -63,6 +63,8 @@ class MultiTaskSegmentationModule(L.LightningModule):
         self.save_hyperparameters()
         self.label_space = LabelSpace(tasks)
         self.net = TriplanarCNN(self.label_space.n_classes, **dict(model))
+        if training is not None and training.get("mode") == "dense" and training.get("batch_renorm") is not None:
+            self.net.set_batch_renorm(training["batch_renorm"])  # a mini-batch of a few cubes is no representative sample
         self.lr = lr
         self.betas = tuple(betas)
         evaluation = dict(evaluation or {})
@@ -101,16 +103,20 @@ class MultiTaskSegmentationModule(L.LightningModule):
                 f"are available on {self.device}; lower training.cube or training.cubes_per_task"
             )
 
-    def training_step(self, batch: Mapping[str, torch.Tensor], batch_index: int) -> torch.Tensor:
+    def loss(self, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The mini-batch's loss and each task's (detached) loss, in either training mode."""
         n_tasks = len(self.label_space.tasks)
         if "context" in batch:  # training=dense: cubes
             cube = batch["target"].shape[-1]
-            loss, per_task = dense_loss(self.net.forward_cubes(batch["context"], cube), batch["target"], batch["task"], n_tasks)
-        else:  # training=patch: the paper's triplanar samples
-            losses = F.cross_entropy(self.net(batch["planes"]), batch["target"], reduction="none")
-            loss = losses.mean()
-            per_task = torch.zeros(n_tasks, device=losses.device).index_add_(0, batch["task"], losses.detach())
-            per_task /= torch.bincount(batch["task"], minlength=n_tasks).clamp_min(1)
+            return dense_loss(self.net.forward_cubes(batch["context"], cube), batch["target"], batch["task"], n_tasks)
+        # training=patch: the paper's triplanar samples
+        losses = F.cross_entropy(self.net(batch["planes"]), batch["target"], reduction="none")
+        per_task = torch.zeros(n_tasks, device=losses.device).index_add_(0, batch["task"], losses.detach())
+        per_task /= torch.bincount(batch["task"], minlength=n_tasks).clamp_min(1)
+        return losses.mean(), per_task
+
+    def training_step(self, batch: Mapping[str, torch.Tensor], batch_index: int) -> torch.Tensor:
+        loss, per_task = self.loss(batch)
         self.log("train/loss", loss, prog_bar=True)
         for task_id, task in enumerate(self.label_space.tasks):
             self.log(f"train/loss/{task}", per_task[task_id])

@@ -45,10 +45,19 @@ def test_paper_defaults_and_knob_names():
         assert str(OmegaConf.select(cfg, key)) == value
 
 
-def test_cpu_demo_preset_keeps_the_papers_network():
-    cfg = compose_train(["+experiment=brain_breast_cta", "+preset=cpu_demo"])
+@pytest.mark.parametrize(("preset", "mode"), [("cpu_demo", "dense"), ("cpu_demo_paper", "patch")])
+def test_cpu_demo_presets_keep_the_papers_network(preset, mode):
+    cfg = compose_train(["+experiment=brain_breast_cta", f"+preset={preset}"])
     assert (cfg.model.depth, cfg.model.width, cfg.model.fc_width) == (25, 32, 192)
     assert cfg.schedule.minibatches_per_task < 25000
+    assert cfg.training.mode == mode
+
+
+def test_training_mode_defaults_to_the_papers_and_dense_knobs_exist():
+    assert compose_train(["+experiment=brain"]).training.mode == "patch"
+    cfg = compose_train(["+experiment=brain", "training=dense", "training.cube=8", "training.cubes_per_task=2"])
+    assert (cfg.training.mode, cfg.training.cube, cfg.training.cubes_per_task) == ("dense", 8, 2)
+    assert cfg.training.queue.max_length > 0 and cfg.training.queue.samples_per_volume > 0
 
 
 def test_sweep_subdirectories_are_named_by_experiment_and_seed():

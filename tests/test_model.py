@@ -56,3 +56,31 @@ def test_bad_shapes_and_settings_are_errors():
         TriplanarCNN(1)
     with pytest.raises(ValueError, match="model.depth"):
         TriplanarCNN(3, depth=0)
+
+
+def test_batch_renormalisation_trains_towards_the_inference_output_and_changes_nothing_else():
+    from mtseg.model import RenormBatchNorm2d
+
+    torch.manual_seed(0)
+    bn = RenormBatchNorm2d(4)
+    with torch.no_grad():
+        bn.weight.uniform_(0.5, 2.0)
+        bn.bias.uniform_(-1.0, 1.0)
+        bn.running_mean.uniform_(-1.0, 1.0)
+        bn.running_var.uniform_(0.5, 2.0)
+    x = 3.0 * torch.randn(8, 4, 5, 5) + 2.0
+    plain = torch.nn.BatchNorm2d(4)
+    plain.load_state_dict(bn.state_dict())  # same parameters and buffers
+    torch.testing.assert_close(bn.eval()(x), plain.eval()(x))  # inference is plain batch normalisation
+    bn.train(), plain.train()
+    torch.testing.assert_close(bn(x), plain(x))  # renorm off: plain training
+    bn.load_state_dict(plain.state_dict() | {"running_mean": bn.running_mean, "running_var": bn.running_var})
+    before = {k: v.clone() for k, v in bn.state_dict().items()}
+    expected = bn.eval()(x)  # normalised with the running statistics
+    bn.train().renorm = (1e6, 1e6)  # no clipping: training output equals the inference output
+    torch.testing.assert_close(bn(x), expected, atol=1e-4, rtol=1e-4)
+    bn.renorm = (1.0, 0.0)  # r = 1, d = 0: plain batch normalisation
+    bn.load_state_dict(before)
+    plain.load_state_dict(before)
+    torch.testing.assert_close(bn(x), plain.train()(x), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(bn.running_mean, plain.running_mean)  # running statistics updated as usual
