@@ -12,8 +12,9 @@ from lightning.pytorch.loggers import WandbLogger
 
 from mtseg.tasks import TASKS
 
-#: Columns of ``metrics.csv``: one row per evaluation and class.
-METRICS_COLUMNS = ("step", "minibatches_per_task", "task", "class", "dice")
+#: Columns of ``metrics.csv``: one row per evaluation and class. ``train_seconds``: wall-clock
+#: seconds of training up to the evaluation, evaluations excluded.
+METRICS_COLUMNS = ("step", "minibatches_per_task", "task", "class", "dice", "train_seconds")
 
 
 class DiceCSVWriter(L.Callback):
@@ -25,8 +26,20 @@ class DiceCSVWriter(L.Callback):
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
+        self._start: float | None = None
+        self._evaluation_start = 0.0
+        self._evaluation_seconds = 0.0
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._start = time.perf_counter()
+
+    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._evaluation_start = time.perf_counter()
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        now = time.perf_counter()
+        train_seconds = float("nan") if self._start is None else now - self._start - self._evaluation_seconds - (now - self._evaluation_start)
+        self._evaluation_seconds += now - self._evaluation_start
         if trainer.sanity_checking or not pl_module.latest_dice:
             return
         n_tasks = len(pl_module.label_space.tasks)
@@ -37,7 +50,7 @@ class DiceCSVWriter(L.Callback):
             if new_file:
                 writer.writerow(METRICS_COLUMNS)
             for (task, cls), dice in pl_module.latest_dice.items():
-                writer.writerow((trainer.global_step, trainer.global_step / n_tasks, task, cls, dice))
+                writer.writerow((trainer.global_step, trainer.global_step / n_tasks, task, cls, dice, round(train_seconds, 1)))
 
 
 class EvaluationTimer(L.Callback):

@@ -74,12 +74,15 @@ def test_train_writes_the_run_directory(tiny_run):
 
     with (run / "metrics.csv").open() as handle:
         rows = list(csv.DictReader(handle))
-    assert list(rows[0]) == ["step", "minibatches_per_task", "task", "class", "dice"]
+    assert list(rows[0]) == ["step", "minibatches_per_task", "task", "class", "dice", "train_seconds"]
     # evaluations every 2 mini-batches per task = every 6 steps; 8 foreground classes each
     assert sorted({int(r["step"]) for r in rows}) == [6, 12]
     assert {float(r["minibatches_per_task"]) for r in rows} == {2.0, 4.0}
     assert len(rows) == 2 * 8
     assert all(0.0 <= float(r["dice"]) <= 1.0 for r in rows if r["dice"] != "nan")
+    # training seconds, evaluations excluded: positive, growing, below the run's whole training time
+    seconds = {int(r["step"]): float(r["train_seconds"]) for r in rows}
+    assert 0.0 < seconds[6] < seconds[12] <= summary["train_seconds"]
     last = {(r["task"], r["class"]): float(r["dice"]) for r in rows if r["step"] == "12"}
     assert last[("cta", "coronary_arteries")] == pytest.approx(summary["dice"]["cta"]["coronary_arteries"])
 
@@ -162,12 +165,39 @@ def test_a_final_evaluation_runs_when_the_schedule_ends_between_evaluations(tmp_
     assert torch.load(checkpoints / "last.ckpt", weights_only=False)["global_step"] == 3
 
 
+def learning_curve(run: Path) -> list[tuple]:
+    """``metrics.csv`` without its wall-clock column."""
+    with (run / "metrics.csv").open() as handle:
+        return [(r["step"], r["task"], r["class"], r["dice"]) for r in csv.DictReader(handle)]
+
+
 def test_same_seed_same_learning_curve(tmp_path):
     curves = []
     for name in ("a", "b"):
         run_train(tmp_path, "+experiment=breast_cta", "seed=3", "hydra.run.dir=" + str(tmp_path / name))
-        curves.append((tmp_path / name / "metrics.csv").read_text())
+        curves.append(learning_curve(tmp_path / name))
     assert curves[0] == curves[1]
+
+
+def test_dense_training_is_reproducible_and_its_checkpoint_is_evaluated_like_any_other(tmp_path):
+    dense = ["+experiment=breast_cta", "training=dense", "training.cube=6", "training.cubes_per_task=2", "seed=2"]
+    curves = []
+    for name in ("a", "b"):
+        result = run_train(tmp_path, *dense, "hydra.run.dir=" + str(tmp_path / name))
+        curves.append(learning_curve(tmp_path / name))
+    assert curves[0] == curves[1] and len(curves[0]) == 2 * 2
+    assert "2 cube(s) of 6^3 voxels, training=dense" in result.stdout
+    run = tmp_path / "b"
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["training"]["mode"] == "dense" and summary["steps"] == 8
+    checkpoint = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False, map_location="cpu")
+    assert checkpoint[CHECKPOINT_KEY]["training"]["cube"] == 6
+    out = tmp_path / "evaluation"
+    run_module("mtseg.evaluate", f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}", f"output_dir={out}")
+    results = json.loads((out / "results.json").read_text())
+    for task in ("breast", "cta"):
+        (cls,) = summary["dice"][task]
+        assert results["tasks"][task]["classes"][cls]["mean_dice"] == pytest.approx(summary["dice"][task][cls], abs=1e-9)
 
 
 def test_unknown_experiment_is_a_clear_error(tmp_path):
