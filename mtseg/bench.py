@@ -198,11 +198,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--slab-voxels", type=int, default=DEFAULT_SLAB_VOXELS, help="voxels per slab of dense inference")
     parser.add_argument("--large-shape", type=int, nargs=3, default=None, help="e.g. 256 256 256 (takes minutes on a CPU)")
     parser.add_argument("--inference-only", action="store_true", help="skip the pipeline and training measurements")
-    parser.add_argument("overrides", nargs="*", help="Hydra overrides of the train config, e.g. model.depth=3")
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides of the train config, e.g. model.depth=3 or training.cube=8")
     args = parser.parse_args(argv)
 
     with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
-        cfg = compose("train", overrides=[f"data.batch_size={args.batch_size}", *args.overrides])
+        # training.* overrides are for the dense section (the patch mode has none)
+        patch_overrides = [o for o in args.overrides if not o.startswith("training.")]
+        cfg = compose("train", overrides=[f"data.batch_size={args.batch_size}", *patch_overrides])
     tasks = ["brain", "breast", "cta"]
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     print(f"device: {device} ({torch.cuda.get_device_name() if device.type == 'cuda' else f'{torch.get_num_threads()} CPU threads'})")

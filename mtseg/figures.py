@@ -1,7 +1,8 @@
 """Write the paper's figures and the results table from run or sweep directories.
 
 ``python -m mtseg.figures outputs/sweeps/<time> [more runs or sweeps] [--out DIR]`` writes
-``fig2_learning_curves.png``, ``fig3_segmentations.png``, ``results.csv`` and ``results.md``.
+``fig2_learning_curves.png``, ``fig3_segmentations.png``, ``results.csv`` and ``results.md``,
+and ``dice_vs_seconds.png`` (mean Dice against training seconds) when the runs record them.
 """
 
 from __future__ import annotations
@@ -11,7 +12,14 @@ import sys
 from pathlib import Path
 
 from mtseg.nifti import atomic_write_bytes, check_writable_folder
-from mtseg.plots import find_runs, plot_learning_curves, plot_segmentations, results_frame, segmentation_panels
+from mtseg.plots import (
+    find_runs,
+    plot_dice_against_seconds,
+    plot_learning_curves,
+    plot_segmentations,
+    results_frame,
+    segmentation_panels,
+)
 
 
 def write_figures(paths: list[str], out: Path, dpi: int = 120) -> dict[str, Path]:
@@ -21,10 +29,15 @@ def write_figures(paths: list[str], out: Path, dpi: int = 120) -> dict[str, Path
     learning_curves = plot_learning_curves(runs)
     segmentations = plot_segmentations(segmentation_panels(runs))
     table = results_frame(runs)
+    timed = any("train_seconds" in r.metrics and r.metrics["train_seconds"].notna().any() for r in runs)
+    seconds = plot_dice_against_seconds(runs) if timed else None
     check_writable_folder(out)
     written = {"fig2": out / "fig2_learning_curves.png", "fig3": out / "fig3_segmentations.png"}
     atomic_write_bytes(written["fig2"], lambda tmp: learning_curves.savefig(tmp, dpi=dpi, format="png"))
     atomic_write_bytes(written["fig3"], lambda tmp: segmentations.savefig(tmp, dpi=dpi, format="png"))
+    if seconds is not None:
+        written["seconds"] = out / "dice_vs_seconds.png"
+        atomic_write_bytes(written["seconds"], lambda tmp: seconds.savefig(tmp, dpi=dpi, format="png"))
     if not table.empty:
         written["csv"] = out / "results.csv"
         atomic_write_bytes(written["csv"], lambda tmp: table.to_csv(tmp, index=False))

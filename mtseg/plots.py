@@ -40,6 +40,7 @@ class RunRecord:
     metrics: pd.DataFrame
     summary: dict | None = None
     checkpoint: Path | None = None
+    training_mode: str = "patch"
 
     @property
     def number(self) -> int:
@@ -68,6 +69,7 @@ def load_run(path: str | Path) -> RunRecord:
         pd.read_csv(path / "metrics.csv"),
         json.loads(summary_path.read_text()) if summary_path.is_file() else None,
         checkpoint if checkpoint.is_file() else None,
+        str(OmegaConf.select(config, "training.mode", default="patch")),
     )
 
 
@@ -82,6 +84,32 @@ def find_runs(paths: Iterable[str | Path]) -> list[RunRecord]:
             raise ValueError(f"{path} holds no mtseg run (a run directory has metrics.csv and .hydra/config.yaml)")
         runs += [load_run(p) for p in found]
     return sorted(runs, key=lambda r: (r.number, r.seed, str(r.path)))
+
+
+def plot_dice_against_seconds(runs: Sequence[RunRecord]) -> plt.Figure:
+    """Learning per second: mean whole-image Dice over a run's classes against its training seconds.
+
+    One line per run (labelled with experiment, training mode and seed); the x-axis is the
+    ``train_seconds`` column of ``metrics.csv`` (wall clock of training, evaluations excluded).
+    """
+    timed = [r for r in runs if "train_seconds" in r.metrics and r.metrics["train_seconds"].notna().any()]
+    if not timed:
+        raise ValueError("no run records training seconds (metrics.csv has no train_seconds column)")
+    figure, ax = plt.subplots(figsize=(6, 4))
+    for run in timed:
+        curve = run.metrics.groupby("step").agg(seconds=("train_seconds", "first"), dice=("dice", "mean")).sort_values("seconds")
+        ax.plot(
+            curve["seconds"], curve["dice"], marker="o", color=EXPERIMENT_COLOURS[run.experiment],
+            linestyle="-" if run.training_mode == "dense" else ":",
+            label=f"{run.number}: {run.experiment}, training={run.training_mode}, seed {run.seed}",
+        )
+    ax.set_xlabel("training seconds (evaluations excluded)")
+    ax.set_ylabel("mean whole-image Dice over the classes")
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    figure.tight_layout()
+    return figure
 
 
 def plot_learning_curves(runs: Sequence[RunRecord]) -> plt.Figure:

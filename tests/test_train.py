@@ -137,7 +137,7 @@ def test_evaluate_repeats_the_final_evaluation_and_writes_predictions_on_the_inp
 def test_figures_and_notebooks_from_a_run(tiny_run, tmp_path):
     run, _ = tiny_run
     run_module("mtseg.figures", str(run), "--out", str(tmp_path / "figures"))
-    for name in ("fig2_learning_curves.png", "fig3_segmentations.png"):
+    for name in ("fig2_learning_curves.png", "fig3_segmentations.png", "dice_vs_seconds.png"):
         assert matplotlib.image.imread(tmp_path / "figures" / name).shape[0] > 200
     with (tmp_path / "figures" / "results.csv").open() as handle:
         assert len(list(csv.DictReader(handle))) == 8

@@ -1,0 +1,30 @@
+"""`make bench` end to end on tiny settings: every section reports, dense training against patch training included."""
+
+import os
+import re
+import subprocess
+import sys
+
+
+def test_bench_reports_pipeline_training_modes_and_inference(tmp_path):
+    overrides = [
+        "model.depth=3", "model.width=4", "model.fc_width=8", "training.cube=4",
+        "data.brain.shape=[32,32,32]", "data.breast.shape=[32,32,32]", "data.cta.shape=[32,32,32]",
+        "data.brain.n_train=1", "data.breast.n_train=1", "data.cta.n_train=1",
+        "data.brain.n_test=1", "data.breast.n_test=1", "data.cta.n_test=1",
+    ]
+    command = [
+        sys.executable, "-m", "mtseg.bench", "--refills", "1", "--train-steps", "1", "--batch-size", "12",
+        "--cta-shape", "24", "24", "24", "--dense-shape", "8", "8", "8", "--patch-voxels", "8", *overrides,
+    ]
+    env = os.environ | {"MTSEG_DATA_DIR": str(tmp_path / "data"), "WANDB_MODE": "disabled"}
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = result.stdout
+    assert re.search(r"ratio pipeline / training step: [\d.]+x", out)
+    dense = re.search(r"dense training \(training=dense, 1 cube\(s\) of 4\^3 per task and step\): +([\d.]+) labelled voxels/s, (\d+)x the patch mode's ([\d.]+)", out)
+    assert dense and float(dense.group(1)) > 0 and float(dense.group(3)) > 0
+    assert re.search(r"dense pipeline .*: +[\d.]+ labelled voxels/s, [\d.]+x the dense step", out)
+    memory = re.search(r"dense training step on 3 cubes of 4\^3: peak RSS ([\d.]+) GiB \(([\d.]+) GiB before the first step\)", out)
+    assert memory and float(memory.group(1)) >= float(memory.group(2)) > 0
+    assert re.search(r"inference on \(8, 8, 8\): dense \d+ voxels/s", out)

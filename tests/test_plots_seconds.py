@@ -1,0 +1,30 @@
+"""Learning per second: mean Dice against training seconds, one line per run and training mode."""
+
+import pandas as pd
+import pytest
+
+from mtseg.plots import RunRecord, plot_dice_against_seconds
+
+
+def _run(mode: str, seconds: list[float] | None) -> RunRecord:
+    rows = []
+    for step, (t, dice) in enumerate(zip(seconds or [1.0, 2.0], [0.2, 0.6]), start=1):
+        for cls, offset in (("white_matter", 0.0), ("brain_stem", 0.2)):
+            row = {"step": step, "minibatches_per_task": step, "task": "brain", "class": cls, "dice": dice + offset}
+            if seconds is not None:
+                row["train_seconds"] = t
+            rows.append(row)
+    return RunRecord(path=None, experiment="brain", seed=0, metrics=pd.DataFrame(rows), training_mode=mode)
+
+
+def test_each_run_is_one_line_of_its_mean_dice_at_its_training_seconds():
+    figure = plot_dice_against_seconds([_run("dense", [10.0, 30.0]), _run("patch", [50.0, 90.0])])
+    (ax,) = figure.axes
+    lines = {line.get_label(): (list(line.get_xdata()), list(line.get_ydata())) for line in ax.get_lines()}
+    assert lines["1: brain, training=dense, seed 0"] == ([10.0, 30.0], pytest.approx([0.3, 0.7]))
+    assert lines["1: brain, training=patch, seed 0"] == ([50.0, 90.0], pytest.approx([0.3, 0.7]))
+
+
+def test_runs_without_training_seconds_are_a_clear_error():
+    with pytest.raises(ValueError, match="train_seconds"):
+        plot_dice_against_seconds([_run("patch", None)])
