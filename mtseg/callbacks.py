@@ -42,7 +42,6 @@ class DiceCSVWriter(L.Callback):
         self._evaluation_seconds += now - self._evaluation_start
         if trainer.sanity_checking or not pl_module.latest_dice:
             return
-        n_tasks = len(pl_module.label_space.tasks)
         new_file = not self.path.exists()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self.path.open("a", newline="") as handle:
@@ -50,7 +49,7 @@ class DiceCSVWriter(L.Callback):
             if new_file:
                 writer.writerow(METRICS_COLUMNS)
             for (task, cls), dice in pl_module.latest_dice.items():
-                writer.writerow((trainer.global_step, trainer.global_step / n_tasks, task, cls, dice, round(train_seconds, 1)))
+                writer.writerow((trainer.global_step, pl_module.minibatches_per_task(trainer.global_step), task, cls, dice, round(train_seconds, 3)))
 
 
 class EvaluationTimer(L.Callback):

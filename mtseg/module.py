@@ -79,6 +79,22 @@ class MultiTaskSegmentationModule(L.LightningModule):
     def n_params(self) -> int:
         return self.net.n_params
 
+    @property
+    def steps_per_task_minibatch(self) -> int:
+        """Optimiser steps that give each task one mini-batch's worth of data (the schedule's unit).
+
+        The paper's mini-batch of 210 samples is split over the ``T`` tasks, so a task gets a
+        whole mini-batch's worth every ``T`` steps; a dense mini-batch holds
+        ``training.cubes_per_task`` cubes of every task, so every step gives each task its
+        share. Either way, each task sees the same data in every experiment.
+        """
+        training = self.hparams.get("training") or {}
+        return 1 if training.get("mode") == "dense" else len(self.label_space.tasks)
+
+    def minibatches_per_task(self, steps: int) -> float:
+        """``steps`` optimiser steps in the paper's unit, mini-batches per task."""
+        return steps / self.steps_per_task_minibatch
+
     def forward(self, planes: torch.Tensor) -> torch.Tensor:
         return self.net(planes)
 
@@ -136,7 +152,7 @@ class MultiTaskSegmentationModule(L.LightningModule):
             if len(self.label_space.tasks) > 1:
                 self.log(f"val/confusion_percent/{task}", result.confusion_median)
         # the paper's x-axis (Fig. 2); choose it as the x-axis of W&B panels
-        self.log("minibatches_per_task", self.global_step / len(self.label_space.tasks))
+        self.log("minibatches_per_task", self.minibatches_per_task(self.global_step))
 
     @property
     def latest_dice(self) -> dict[tuple[str, str], float]:

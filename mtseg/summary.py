@@ -40,7 +40,7 @@ def write_summary(
         "training": OmegaConf.to_container(cfg.training),
         "batch_size": cfg.data.batch_size,
         "steps": steps,
-        "minibatches_per_task": steps / len(space.tasks),
+        "minibatches_per_task": module.minibatches_per_task(steps),
         "train_seconds": round(train_seconds, 1),
         "evaluation_seconds": round(eval_seconds, 1),
         "dice": dice,

@@ -78,8 +78,9 @@ def train(cfg: DictConfig) -> dict:
     module.foreground_fraction = datamodule.foreground_fraction()  # stored with checkpoints, for predict
     baseline = intensity_baseline_dice(datamodule)
 
-    steps = cfg.schedule.minibatches_per_task * n_tasks
-    val_every = min(cfg.schedule.eval_every, cfg.schedule.minibatches_per_task) * n_tasks
+    per_minibatch = module.steps_per_task_minibatch  # T steps (patch mode) or 1 (dense mode) per mini-batch per task
+    steps = cfg.schedule.minibatches_per_task * per_minibatch
+    val_every = min(cfg.schedule.eval_every, cfg.schedule.minibatches_per_task) * per_minibatch
     logger = None
     if cfg.logger.get("wandb") is not None:  # logger=none: no W&B
         logger = instantiate(cfg.logger.wandb, group=wandb_group(cfg), save_dir=str(run_dir))

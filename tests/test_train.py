@@ -189,7 +189,9 @@ def test_dense_training_is_reproducible_and_its_checkpoint_is_evaluated_like_any
     assert "2 cube(s) of 6^3 voxels, training=dense" in result.stdout
     run = tmp_path / "b"
     summary = json.loads((run / "summary.json").read_text())
-    assert summary["training"]["mode"] == "dense" and summary["steps"] == 8
+    # dense steps hold a cube of every task: 4 mini-batches per task are 4 steps, evaluated at 2 and 4
+    assert summary["training"]["mode"] == "dense" and summary["steps"] == 4 and summary["minibatches_per_task"] == 4
+    assert sorted({int(step) for step, *_ in curves[0]}) == [2, 4]
     checkpoint = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False, map_location="cpu")
     assert checkpoint[CHECKPOINT_KEY]["training"]["cube"] == 6
     out = tmp_path / "evaluation"
