@@ -2,7 +2,9 @@
 
 ``python -m mtseg.figures outputs/sweeps/<time> [more runs or sweeps] [--out DIR]`` writes
 ``fig2_learning_curves.png``, ``fig3_segmentations.png``, ``results.csv`` and ``results.md``,
-and ``dice_vs_seconds.png`` (mean Dice against training seconds) when the runs record them.
+``dice_vs_seconds.png`` (mean Dice against training seconds) when the runs record them, and
+``multitask_vs_single.md`` (|Dice(multi-task) − Dice(single-task)| per class beside the
+spread over seeds of the single-task experiment) when a single-task run is among them.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from pathlib import Path
 from mtseg.nifti import atomic_write_bytes, check_writable_folder
 from mtseg.plots import (
     find_runs,
+    multitask_comparison,
     plot_dice_against_seconds,
     plot_learning_curves,
     plot_segmentations,
@@ -47,6 +50,11 @@ def write_figures(paths: list[str], out: Path, dpi: int = 120) -> dict[str, Path
         markdown = pivot.round(3).reset_index()
         markdown = markdown.astype(object).where(markdown.notna(), None)  # an experiment without the task: "–"
         atomic_write_bytes(written["md"], lambda tmp: Path(tmp).write_text(markdown.to_markdown(index=False, missingval="–") + "\n"))
+        comparison = multitask_comparison(table)
+        if not comparison.empty:
+            written["multitask"] = out / "multitask_vs_single.md"
+            text = comparison.round(3).to_markdown(index=False) + "\n"
+            atomic_write_bytes(written["multitask"], lambda tmp: Path(tmp).write_text(text))
     return written
 
 

@@ -273,3 +273,39 @@ def results_frame(runs: Sequence[RunRecord]) -> pd.DataFrame:
             rows.append({"experiment_number": run.number, "seed": run.seed, **row,
                          "minibatches_per_task": run.summary["minibatches_per_task"]})
     return pd.DataFrame(rows)
+
+
+def multitask_comparison(table: pd.DataFrame) -> pd.DataFrame:
+    """The paper's claim, per class: |Dice(multi-task) − Dice(single-task)| beside the seed spread.
+
+    Args:
+        table: :func:`results_frame` of the runs.
+
+    Returns:
+        One row per class of a task with a single-task run: ``task, class``,
+        ``single_task_dice`` (the single-task experiment, lowest seed), ``seed_spread``
+        (max − min Dice over the single-task experiment's seeds; NaN with one seed), one
+        ``abs_diff_exp_<N>`` column per multi-task experiment with the task (lowest seed),
+        and their maximum ``max_abs_diff``.
+    """
+    rows = []
+    if table.empty:
+        return pd.DataFrame(rows)
+    lowest = table.sort_values("seed").drop_duplicates(["experiment", "task", "class"])
+    for (task, cls), group in table.groupby(["task", "class"], sort=False):
+        single = group[group["experiment"] == task]
+        if single.empty:
+            continue
+        reference = float(single.sort_values("seed")["mean_dice"].iloc[0])
+        row = {
+            "task": task,
+            "class": cls,
+            "single_task_dice": reference,
+            "seed_spread": float(single["mean_dice"].max() - single["mean_dice"].min()) if single["seed"].nunique() > 1 else float("nan"),
+        }
+        multi = lowest[(lowest["task"] == task) & (lowest["class"] == cls) & (lowest["experiment"] != task)]
+        diffs = {f"abs_diff_exp_{int(r.experiment_number)}": abs(float(r.mean_dice) - reference) for r in multi.sort_values("experiment_number").itertuples()}
+        row.update(diffs)
+        row["max_abs_diff"] = max(diffs.values()) if diffs else float("nan")
+        rows.append(row)
+    return pd.DataFrame(rows)

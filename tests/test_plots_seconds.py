@@ -28,3 +28,24 @@ def test_each_run_is_one_line_of_its_mean_dice_at_its_training_seconds():
 def test_runs_without_training_seconds_are_a_clear_error():
     with pytest.raises(ValueError, match="train_seconds"):
         plot_dice_against_seconds([_run("patch", None)])
+
+
+def test_multitask_comparison_gives_differences_to_the_single_task_run_beside_its_seed_spread():
+    from mtseg.plots import multitask_comparison
+
+    rows = [
+        # experiment, number, seed, task, class, dice
+        ("brain", 1, 0, "brain", "white_matter", 0.80),
+        ("brain", 1, 1, "brain", "white_matter", 0.76),
+        ("brain_breast", 4, 0, "brain", "white_matter", 0.75),
+        ("brain_breast_cta", 7, 0, "brain", "white_matter", 0.83),
+        ("brain_breast", 4, 0, "breast", "pectoral_muscle", 0.9),  # no single-task breast run
+    ]
+    table = pd.DataFrame([dict(zip(("experiment", "experiment_number", "seed", "task", "class", "mean_dice"), r)) for r in rows])
+    comparison = multitask_comparison(table)
+    assert comparison["task"].tolist() == ["brain"]
+    row = comparison.iloc[0]
+    assert row["single_task_dice"] == pytest.approx(0.80)
+    assert row["seed_spread"] == pytest.approx(0.04)
+    assert row["abs_diff_exp_4"] == pytest.approx(0.05) and row["abs_diff_exp_7"] == pytest.approx(0.03)
+    assert row["max_abs_diff"] == pytest.approx(0.05)
