@@ -20,10 +20,9 @@ from collections.abc import Generator, Iterator, Mapping
 
 import torch
 import torchio as tio
-from torch.utils.data import IterableDataset
 from torchio.data.sampler import RandomSampler
 
-from mtseg.data.sampling import CLASS_INDEX, CLASS_QUOTA, NOT_ELIGIBLE, NUM_SAMPLES, VOLUME, ClassVoxelIndex, proportional_counts
+from mtseg.data.sampling import CLASS_INDEX, NOT_ELIGIBLE, NUM_SAMPLES, VOLUME, MinibatchStream, draw_balanced_centres
 from mtseg.data.triplanar import TriplanarVolume
 from mtseg.tasks import LabelSpace
 
@@ -62,15 +61,10 @@ class ClassBalancedCubeSampler(RandomSampler):
 
     def draw_block(self, subject: tio.Subject, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Centres (flat voxel indices) of ``n`` cubes of ``subject`` and the first voxel ``(n, 3)`` of each cube."""
-        index: ClassVoxelIndex = subject[CLASS_INDEX]
         volume: TriplanarVolume = subject[VOLUME]
         if volume.radius != self.radius:
             raise ValueError(f"volume padded for radius {volume.radius}, sampler wants {self.radius}")
-        quota = subject.get(CLASS_QUOTA)
-        weights = quota if quota is not None else (index.counts > 0).double()
-        counts = proportional_counts(n, weights, self.generator)
-        centres = torch.cat([index.draw(c, k, self.generator) for c, k in enumerate(counts.tolist()) if k > 0])
-        centres = centres[torch.randperm(n, generator=self.generator)]
+        centres, _ = draw_balanced_centres(subject, n, self.generator)
         return centres, volume.cube_start(centres, self.cube)
 
     def _generate_patches(self, subject: tio.Subject) -> Generator[dict]:
@@ -87,7 +81,7 @@ class ClassBalancedCubeSampler(RandomSampler):
                 }
 
 
-class TaskBalancedCubes(IterableDataset):
+class TaskBalancedCubes(MinibatchStream):
     """Mini-batches of cubes: ``cubes_per_task`` cubes from each task's TorchIO queue.
 
     Each mini-batch is a dict with ``context`` ``(B, S, S, S)``, ``target`` ``(B, k, k, k)``
@@ -110,10 +104,10 @@ class TaskBalancedCubes(IterableDataset):
     ):
         if cubes_per_task < 1:
             raise ValueError(f"training.cubes_per_task must be positive, got {cubes_per_task}")
+        super().__init__(length)
         self.queues = dict(queues)
         self.tasks = list(self.queues)
         self.cubes_per_task = cubes_per_task
-        self.length = length
         # task-local code -> output channel; NOT_ELIGIBLE -> IGNORE
         self.luts = {}
         for task in self.tasks:
@@ -121,11 +115,6 @@ class TaskBalancedCubes(IterableDataset):
             channels = label_space.global_labels(task)
             lut[: len(channels)] = channels
             self.luts[task] = lut
-
-    def __len__(self) -> int:
-        if self.length is None:
-            raise TypeError("an endless stream of mini-batches has no length")
-        return self.length
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         drawn = 0

@@ -10,7 +10,7 @@ import lightning as L
 import numpy as np
 import torch
 import torchio as tio
-from torch.utils.data import DataLoader, Dataset, IterableDataset
+from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from mtseg.data.augmentation import TrainingAugmentation
@@ -24,6 +24,7 @@ from mtseg.data.sampling import (
     VOLUME,
     ClassBalancedTriplanarSampler,
     ClassVoxelIndex,
+    MinibatchStream,
     class_quotas,
     proportional_counts,
 )
@@ -102,7 +103,7 @@ def prepare_subject(subject: tio.Subject, preprocessing: tio.Transform, radius: 
     return prepared
 
 
-class TaskBalancedBatches(IterableDataset):
+class TaskBalancedBatches(MinibatchStream):
     """Mini-batches drawn from one TorchIO queue per task.
 
     Each mini-batch holds ``batch_size // T`` samples of each of the ``T`` tasks,
@@ -126,17 +127,12 @@ class TaskBalancedBatches(IterableDataset):
         generator: torch.Generator,
         length: int | None = None,
     ):
+        super().__init__(length)
         self.queues = dict(queues)
-        self.length = length
         self.tasks = list(self.queues)
         self.luts = {task: label_space.global_labels(task) for task in self.tasks}
         self.batch_size = batch_size
         self.generator = generator
-
-    def __len__(self) -> int:
-        if self.length is None:
-            raise TypeError("an endless stream of mini-batches has no length")
-        return self.length
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         drawn = 0

@@ -21,6 +21,7 @@ from collections.abc import Generator
 import numpy as np
 import torch
 import torchio as tio
+from torch.utils.data import IterableDataset
 from torchio.data.sampler import RandomSampler
 
 from mtseg.data.triplanar import TriplanarVolume
@@ -128,6 +129,35 @@ class ClassVoxelIndex:
         return torch.cat(found)
 
 
+def draw_balanced_centres(subject: tio.Subject, n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """``n`` sample centres of ``subject`` (flat voxel indices) and their task-local labels, in random order.
+
+    The classes get shares of ``n`` in proportion to the subject's :data:`CLASS_QUOTA`
+    (equal shares of its present classes when it has none), the remainder going to classes
+    drawn at random; each class's centres are drawn from its :data:`CLASS_INDEX`.
+    """
+    index: ClassVoxelIndex = subject[CLASS_INDEX]
+    quota = subject.get(CLASS_QUOTA)
+    weights = quota if quota is not None else (index.counts > 0).double()
+    counts = proportional_counts(n, weights, generator)
+    labels = torch.repeat_interleave(torch.arange(len(counts)), counts)
+    centres = torch.cat([index.draw(c, k, generator) for c, k in enumerate(counts.tolist()) if k > 0])
+    order = torch.randperm(n, generator=generator)
+    return centres[order], labels[order]
+
+
+class MinibatchStream(IterableDataset):
+    """A stream of training mini-batches: ``length`` of them (the run's steps), or endless when ``None``."""
+
+    def __init__(self, length: int | None = None):
+        self.length = length
+
+    def __len__(self) -> int:
+        if self.length is None:
+            raise TypeError("an endless stream of mini-batches has no length")
+        return self.length
+
+
 class ClassBalancedTriplanarSampler(RandomSampler):
     """Yield triplanar samples of one subject, its classes in the proportions of its quotas.
 
@@ -158,20 +188,11 @@ class ClassBalancedTriplanarSampler(RandomSampler):
 
     def draw_block(self, subject: tio.Subject, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``n`` samples of ``subject``: planes ``(n, 3, P, P)``, labels ``(n,)`` and centres (flat voxel indices)."""
-        index: ClassVoxelIndex = subject[CLASS_INDEX]
         volume: TriplanarVolume = subject[VOLUME]
         if volume.radius != self.radius:
             raise ValueError(f"volume padded for radius {volume.radius}, sampler wants {self.radius}")
-        quota = subject.get(CLASS_QUOTA)
-        weights = quota if quota is not None else (index.counts > 0).double()
-        counts = proportional_counts(n, weights, self.generator)
-        labels = torch.repeat_interleave(torch.arange(len(counts)), counts)
-        centres = torch.cat(
-            [index.draw(c, k, self.generator) for c, k in enumerate(counts.tolist()) if k > 0]
-        )
-        order = torch.randperm(n, generator=self.generator)
-        centres = centres[order]
-        return volume.extract(centres), labels[order], centres
+        centres, labels = draw_balanced_centres(subject, n, self.generator)
+        return volume.extract(centres), labels, centres
 
     def _generate_patches(self, subject: tio.Subject) -> Generator[dict]:
         n = int(subject.get(NUM_SAMPLES, self.block_size))
