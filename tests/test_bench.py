@@ -8,7 +8,7 @@ import sys
 
 def test_bench_reports_pipeline_training_modes_and_inference(tmp_path):
     overrides = [
-        "model.depth=3", "model.width=4", "model.fc_width=8", "training.cube=4",
+        "model.depth=3", "model.width=4", "model.fc_width=8", "training.cube=4", "training.cubes_per_task=1",
         "data.brain.shape=[32,32,32]", "data.breast.shape=[32,32,32]", "data.cta.shape=[32,32,32]",
         "data.brain.n_train=1", "data.breast.n_train=1", "data.cta.n_train=1",
         "data.brain.n_test=1", "data.breast.n_test=1", "data.cta.n_test=1",
