@@ -175,5 +175,5 @@ def test_a_dense_step_lowers_the_loss_on_separable_toy_data():
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-        losses.append(float(loss))
+        losses.append(loss.item())
     assert sum(losses[-5:]) / 5 < 0.5 * sum(losses[:5]) / 5
