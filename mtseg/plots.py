@@ -308,4 +308,8 @@ def multitask_comparison(table: pd.DataFrame) -> pd.DataFrame:
         row.update(diffs)
         row["max_abs_diff"] = max(diffs.values()) if diffs else float("nan")
         rows.append(row)
-    return pd.DataFrame(rows)
+    frame = pd.DataFrame(rows)
+    if frame.empty:
+        return frame
+    diffs = sorted((c for c in frame.columns if c.startswith("abs_diff_exp_")), key=lambda c: int(c.rsplit("_", 1)[1]))
+    return frame[["task", "class", "single_task_dice", "seed_spread", *diffs, "max_abs_diff"]]

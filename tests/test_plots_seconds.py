@@ -49,3 +49,14 @@ def test_multitask_comparison_gives_differences_to_the_single_task_run_beside_it
     assert row["seed_spread"] == pytest.approx(0.04)
     assert row["abs_diff_exp_4"] == pytest.approx(0.05) and row["abs_diff_exp_7"] == pytest.approx(0.03)
     assert row["max_abs_diff"] == pytest.approx(0.05)
+
+
+def test_multitask_comparison_orders_the_experiments_whichever_task_comes_first():
+    from mtseg.plots import multitask_comparison
+
+    rows = [("brain", 1, "brain", 0.5), ("brain_breast", 4, "brain", 0.4), ("breast", 2, "breast", 0.8),
+            ("breast_cta", 6, "breast", 0.7), ("brain_breast", 4, "breast", 0.6)]
+    table = pd.DataFrame([{"experiment": e, "experiment_number": n, "seed": 0, "task": t, "class": t, "mean_dice": d} for e, n, t, d in rows])
+    assert list(multitask_comparison(table).columns) == [
+        "task", "class", "single_task_dice", "seed_spread", "abs_diff_exp_4", "abs_diff_exp_6", "max_abs_diff"
+    ]
