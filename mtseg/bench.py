@@ -46,6 +46,18 @@ from mtseg.module import MultiTaskSegmentationModule
 
 
 def peak_rss_gib() -> float:
+    """Peak resident memory of this process in GiB.
+
+    Read from ``VmHWM`` where Linux provides it: ``ru_maxrss`` survives ``exec``, so a
+    spawned child would report at least its parent's peak.
+    """
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 2**20
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
