@@ -21,7 +21,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from mtseg.checkpoint import LoadedCheckpoint, load_checkpoint
+from mtseg.checkpoint import LoadedCheckpoint, load_checkpoint, select_device, test_datamodule, thresholds_path
 from mtseg.data.datamodule import HeldOutImage
 from mtseg.data.preprocessing import IMAGE
 from mtseg.evaluation import EvaluationResult, WholeImageEvaluator
@@ -40,31 +40,6 @@ def evaluation_dir(ckpt_path: str, output_dir: str | None) -> str:
 
 
 OmegaConf.register_new_resolver("evaluation_dir", evaluation_dir, replace=True)
-
-
-def thresholds_path(checkpoint: Path) -> Path:
-    """Where evaluation stores the PR thresholds of ``checkpoint``: beside it."""
-    return checkpoint.with_name(checkpoint.stem + ".thresholds.json")
-
-
-def select_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device=cuda but no GPU is available; use device=cpu or auto")
-    return torch.device(name)
-
-
-def test_datamodule(loaded: LoadedCheckpoint, overrides: DictConfig | dict):
-    """The checkpoint's data module (its stored data config with ``overrides``), test images prepared."""
-    stored = loaded.meta.get("data")
-    if stored is None:
-        raise ValueError(f"{loaded.path} stores no data config (written by an older mtseg); cannot find its test sets")
-    data_cfg = OmegaConf.merge(OmegaConf.create(stored), overrides or {})
-    datamodule = instantiate(data_cfg, tasks=list(loaded.label_space.tasks), radius=loaded.net.depth, seed=0)
-    datamodule.prepare_data()
-    datamodule.setup("validate")
-    return datamodule
 
 
 def evaluate_checkpoint(loaded: LoadedCheckpoint, datamodule, pr_thresholds: int, slab_voxels: int, keep_predictions: bool, device) -> EvaluationResult:

@@ -177,12 +177,10 @@ def segmentation_panels(runs: Sequence[RunRecord], data_overrides: dict | None =
     Only the slice's slab is inferred (the stack over the axial slice and the sagittal and
     coronal slices cropped to its margin), so this is quick even on a CPU.
     """
-    from mtseg.checkpoint import load_checkpoint
+    from mtseg.checkpoint import load_checkpoint, test_datamodule, threshold_for
     from mtseg.data.datamodule import HeldOutImage
-    from mtseg.evaluate import test_datamodule
     from mtseg.evaluation import example_slice
     from mtseg.inference import slab_logits
-    from mtseg.predict import threshold_for
 
     panels: dict[str, SegmentationPanel] = {}
     images: dict[str, HeldOutImage] = {}

@@ -43,10 +43,9 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from mtseg import CONFIG_DIR
-from mtseg.checkpoint import LoadedCheckpoint, load_checkpoint
+from mtseg.checkpoint import LoadedCheckpoint, load_checkpoint, select_device, threshold_for
 from mtseg.data.preprocessing import IMAGE, INPLANE, SAMPLING_MASK, build_preprocessing
 from mtseg.data.triplanar import TriplanarVolume
-from mtseg.evaluate import select_device, thresholds_path
 from mtseg.inference import segment_volume
 from mtseg.nifti import atomic_write_bytes, check_writable, check_writable_folder, read_image, to_input_grid, write_like
 from mtseg.tasks import TASKS
@@ -142,18 +141,6 @@ def run_pass(
         if channel in kept:
             per_task[t] = int((kept[channel] >= threshold).sum())
     return Pass(tasks, spacing, prepared[IMAGE].affine, segmentation.labels, kept, per_task, segmentation.labels.numel())
-
-
-def threshold_for(loaded: LoadedCheckpoint, task: str) -> tuple[float | None, str]:
-    """The PR operating point of ``task``: from evaluation beside the checkpoint, else from training."""
-    beside = thresholds_path(loaded.path)
-    if beside.is_file():
-        stored = json.loads(beside.read_text()).get("thresholds", {})
-        if task in stored:
-            return float(stored[task]), f"evaluation ({beside.name})"
-    if task in loaded.thresholds:
-        return float(loaded.thresholds[task]), "checkpoint (held-out images at training time)"
-    return None, "none stored: argmax used"
 
 
 def predict(args: argparse.Namespace) -> dict:
