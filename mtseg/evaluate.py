@@ -18,7 +18,6 @@ from pathlib import Path
 import hydra
 import torch
 from hydra.core.hydra_config import HydraConfig
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from mtseg.checkpoint import LoadedCheckpoint, load_checkpoint, select_device, test_datamodule, thresholds_path
