@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import os
 import tempfile
+import zlib
+from dataclasses import dataclass
 from pathlib import Path
 
 import nibabel as nib
@@ -17,41 +19,142 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 import torchio as tio
+from omegaconf import OmegaConf
+
+from mtseg import CONFIG_DIR
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
+#: Compressed bytes read at a time when a ``.nii.gz`` is measured (memory stays at a few MB).
+_GZIP_CHUNK = 1 << 20
 
 
 def is_nifti_path(path: str | Path) -> bool:
     return str(path).endswith(NIFTI_SUFFIXES)
 
 
-def read_image(path: str | Path) -> tio.ScalarImage:
-    """A 3-D NIfTI image as a TorchIO image, checked: readable, 3-D (a 4-D image with one
-    volume is accepted), finite intensities.
+@dataclass(frozen=True)
+class ImageLimits:
+    """What an input image may declare (``conf/limits.yaml``): checked before any voxel is read."""
+
+    max_voxels: int
+    min_spacing_mm: float
+    max_spacing_mm: float
+
+    @classmethod
+    def load(cls, **overrides) -> ImageLimits:
+        """The limits of ``conf/limits.yaml``, with ``overrides`` (``None`` values ignored)."""
+        values = OmegaConf.to_container(OmegaConf.load(CONFIG_DIR / "limits.yaml"))
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(int(values["max_voxels"]), float(values["min_spacing_mm"]), float(values["max_spacing_mm"]))
+
+    def check_grid(self, n_voxels: int, what: str) -> None:
+        """Refuse a grid of more than :attr:`max_voxels` voxels; ``what`` names it in the message."""
+        if n_voxels > self.max_voxels:
+            raise ValueError(
+                f"{what} would hold {n_voxels:,d} voxels, more than max_voxels={self.max_voxels:,d} "
+                "(conf/limits.yaml, or --max-voxels for predict)"
+            )
+
+
+def _decompressed_at_least(path: Path, needed: int) -> int:
+    """Decompressed bytes of the gzip file ``path``, counted in chunks up to ``needed`` (then it stops)."""
+    total = 0
+    with open(path, "rb") as handle:
+        decompressor = zlib.decompressobj(zlib.MAX_WBITS | 16)
+        while total < needed:
+            chunk = decompressor.unconsumed_tail or handle.read(_GZIP_CHUNK)
+            if not chunk:
+                break
+            total += len(decompressor.decompress(chunk, _GZIP_CHUNK * 8))
+            if decompressor.eof:  # a further gzip member may follow
+                rest = decompressor.unused_data
+                decompressor = zlib.decompressobj(zlib.MAX_WBITS | 16)
+                if rest:
+                    total += len(decompressor.decompress(rest, _GZIP_CHUNK * 8))
+    return total
+
+
+def checked_nifti(path: str | Path, limits: ImageLimits | None = None) -> nib.Nifti1Image:
+    """``path`` opened as NIfTI (its voxels not yet read) once its header has been checked against the
+    file and ``limits``: a scalar voxel type, 3-D (or 4-D with one volume), at most ``max_voxels``
+    voxels, finite spacings inside ``[min_spacing_mm, max_spacing_mm]``, an invertible affine, and
+    as many data bytes in the file as the header declares.
 
     Raises:
         FileNotFoundError: The file does not exist.
-        ValueError: Not a NIfTI file, unreadable, not 3-D, or holding NaN or infinite values.
+        ValueError: Anything else, with the file named.
     """
     path = Path(path)
+    limits = limits or ImageLimits.load()
     if not path.is_file():
-        raise FileNotFoundError(f"input image {path} does not exist")
+        raise FileNotFoundError(f"image {path} does not exist")
     if not is_nifti_path(path):
         raise ValueError(f"{path}: not a NIfTI file (expected a name ending in .nii or .nii.gz)")
     try:
         nifti = nib.load(path)
+        header = nifti.header
+        shape = tuple(int(n) for n in nifti.shape)
+        dtype = header.get_data_dtype()
+        zooms = np.asarray(header.get_zooms()[:3], dtype=np.float64)
+        affine = np.asarray(nifti.affine, dtype=np.float64)
+        offset = int(header.get("vox_offset", 0)) if hasattr(header, "get") else 0
+    except Exception as error:
+        raise ValueError(f"{path}: cannot be read as NIfTI ({type(error).__name__}: {error})") from None
+    if dtype.fields is not None or dtype.kind not in "biuf":
+        raise ValueError(f"{path}: voxels of type {dtype} (e.g. RGB or complex); a scalar intensity or label image is needed")
+    if len(shape) == 4 and shape[3] == 1:
+        shape = shape[:3]
+    if len(shape) != 3:
+        raise ValueError(
+            f"{path}: expected a 3-D image, got {len(shape)}-D data of shape {shape}"
+            + (" (one volume of a 4-D series can be cut out with e.g. fslroi)" if len(shape) == 4 else "")
+        )
+    if min(shape) < 2:
+        raise ValueError(f"{path}: a 3-D image needs at least 2 voxels per axis, got shape {shape}")
+    n_voxels = int(np.prod(shape, dtype=np.int64))
+    limits.check_grid(n_voxels, f"{path}: its header declares a {'x'.join(map(str, shape))} image that")
+    if not np.isfinite(zooms).all() or (zooms <= 0).any():
+        raise ValueError(f"{path}: voxel spacing {zooms.tolist()} mm is not finite and positive (corrupt header)")
+    if zooms.min() < limits.min_spacing_mm or zooms.max() > limits.max_spacing_mm:
+        raise ValueError(
+            f"{path}: voxel spacing {np.round(zooms, 6).tolist()} mm lies outside "
+            f"min_spacing_mm={limits.min_spacing_mm:g} .. max_spacing_mm={limits.max_spacing_mm:g} (conf/limits.yaml)"
+        )
+    if not np.isfinite(affine).all() or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
+        raise ValueError(f"{path}: its affine is not finite or not invertible (corrupt header):\n{np.round(affine, 4)}")
+    needed = offset + n_voxels * dtype.itemsize
+    if str(path).endswith(".gz"):
+        try:
+            found = _decompressed_at_least(path, needed)
+        except (OSError, zlib.error) as error:
+            raise ValueError(f"{path}: corrupt gzip data ({error})") from None
+    else:
+        found = path.stat().st_size
+    if found < needed:
+        raise ValueError(
+            f"{path}: truncated: its header declares {n_voxels:,d} voxels of {dtype} ({needed:,d} bytes with the header), "
+            f"the file holds {found:,d}"
+        )
+    return nifti
+
+
+def read_image(path: str | Path, limits: ImageLimits | None = None) -> tio.ScalarImage:
+    """A 3-D NIfTI image as a TorchIO image, checked: the header (:func:`checked_nifti`), then
+    finite intensities.
+
+    Raises:
+        FileNotFoundError: The file does not exist.
+        ValueError: Not a NIfTI file, unreadable, a header that :func:`checked_nifti` refuses,
+            or NaN or infinite intensities.
+    """
+    path = Path(path)
+    nifti = checked_nifti(path, limits)
+    try:
         data = np.asanyarray(nifti.dataobj)
     except Exception as error:
         raise ValueError(f"{path}: cannot be read as NIfTI ({type(error).__name__}: {error})") from None
-    if data.ndim == 4 and data.shape[3] == 1:
+    if data.ndim == 4:
         data = data[..., 0]
-    if data.ndim != 3:
-        raise ValueError(
-            f"{path}: expected a 3-D image, got {data.ndim}-D data of shape {data.shape}"
-            + (" (one volume of a 4-D series can be cut out with e.g. fslroi)" if data.ndim == 4 else "")
-        )
-    if min(data.shape) < 2:
-        raise ValueError(f"{path}: a 3-D image needs at least 2 voxels per axis, got shape {data.shape}")
     data = data.astype(np.float32)
     if not np.isfinite(data).all():
         raise ValueError(f"{path}: holds {int((~np.isfinite(data)).sum())} NaN or infinite intensities")
