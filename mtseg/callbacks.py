@@ -9,6 +9,7 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from mtseg.tasks import TASKS
 
@@ -29,6 +30,20 @@ class DiceCSVWriter(L.Callback):
         self._start: float | None = None
         self._evaluation_start = 0.0
         self._evaluation_seconds = 0.0
+        #: Training seconds before this process (a resumed run's earlier part).
+        self.previous_seconds = 0.0
+
+    def training_seconds(self) -> float:
+        """Training wall-clock seconds so far, evaluations excluded, earlier parts of a resumed run included."""
+        if self._start is None:
+            return self.previous_seconds
+        return self.previous_seconds + time.perf_counter() - self._start - self._evaluation_seconds
+
+    def state_dict(self) -> dict:
+        return {"train_seconds": self.training_seconds()}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.previous_seconds = float(state_dict.get("train_seconds", 0.0))
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._start = time.perf_counter()
@@ -38,8 +53,8 @@ class DiceCSVWriter(L.Callback):
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         now = time.perf_counter()
-        train_seconds = float("nan") if self._start is None else now - self._start - self._evaluation_seconds - (now - self._evaluation_start)
         self._evaluation_seconds += now - self._evaluation_start
+        train_seconds = float("nan") if self._start is None else self.training_seconds()
         if trainer.sanity_checking or not pl_module.latest_dice:
             return
         new_file = not self.path.exists()
@@ -58,6 +73,14 @@ class EvaluationTimer(L.Callback):
     def __init__(self):
         self.seconds = 0.0
         self._start: float | None = None
+        #: Evaluation seconds before this process (a resumed run's earlier part).
+        self.previous_seconds = 0.0
+
+    def state_dict(self) -> dict:
+        return {"seconds": self.previous_seconds + self.seconds}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.previous_seconds = float(state_dict.get("seconds", 0.0))
 
     def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._start = time.perf_counter()
@@ -66,6 +89,21 @@ class EvaluationTimer(L.Callback):
         if self._start is not None:
             self.seconds += time.perf_counter() - self._start
             self._start = None
+
+
+class SaveOnSigterm(L.Callback):
+    """Save ``path`` (the run's ``last.ckpt``) when the run is stopped by SIGTERM.
+
+    Lightning turns SIGTERM into a ``SIGTERMException`` after the current step; this saves
+    the checkpoint before Lightning tears the run down, so ``ckpt_path=`` can resume it.
+    """
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        if isinstance(exception, SIGTERMException):
+            trainer.save_checkpoint(self.path)
 
 
 def overlay_masks(reference: np.ndarray, prediction: np.ndarray, task: str) -> dict:

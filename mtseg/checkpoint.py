@@ -13,6 +13,84 @@ import torch
 from mtseg.module import CHECKPOINT_KEY, MultiTaskSegmentationModule
 from mtseg.tasks import LabelSpace
 
+#: The only ``_target_`` values a configuration read from a checkpoint may name: mtseg's data
+#: module and the TorchIO transforms mtseg's configs write (intensity preprocessing and brain
+#: augmentation). Anything else (``builtins.open``, ``os.system``, ...) is refused before Hydra
+#: instantiates it, so a checkpoint's configuration cannot create, truncate or run anything.
+ALLOWED_TARGETS = frozenset(
+    {
+        "mtseg.data.datamodule.MultiTaskDataModule",
+        "torchio.Clamp",
+        "torchio.RescaleIntensity",
+        "torchio.ZNormalization",
+        "torchio.RandomAffine",
+        "torchio.RandomElasticDeformation",
+        "torchio.RandomBiasField",
+        "torchio.RandomGamma",
+        "torchio.RandomNoise",
+        "torchio.RandomFlip",
+    }
+)
+
+
+def check_targets(config: Any, where: str) -> None:
+    """Refuse a configuration (read from ``where``) that names a ``_target_`` outside :data:`ALLOWED_TARGETS`,
+    at any depth.
+
+    Raises:
+        ValueError: naming the key path and the target.
+    """
+    stack: list[tuple[str, Any]] = [("", config)]
+    while stack:
+        key, node = stack.pop()
+        if isinstance(node, dict):
+            target = node.get("_target_")
+            if target is not None and (not isinstance(target, str) or target not in ALLOWED_TARGETS):
+                raise ValueError(
+                    f"{where} refused: its configuration at {key or 'the top'} names _target_ {target!r}, "
+                    f"which mtseg never writes; only {', '.join(sorted(ALLOWED_TARGETS))} may be instantiated"
+                )
+            stack += [(f"{key}.{k}" if key else str(k), v) for k, v in node.items()]
+        elif isinstance(node, (list, tuple)):
+            stack += [(f"{key}[{i}]", v) for i, v in enumerate(node)]
+
+
+def instantiate_checked(config: Any, where: str, **kwargs):
+    """Hydra's ``instantiate`` of a configuration read from ``where``, once :func:`check_targets` passed it."""
+    from hydra.utils import instantiate
+    from omegaconf import DictConfig, ListConfig, OmegaConf
+
+    plain = OmegaConf.to_container(config) if isinstance(config, (DictConfig, ListConfig)) else config
+    check_targets(plain, where)
+    return instantiate(config, **kwargs)
+
+
+def _check_meta(meta: Any, path: Path) -> None:
+    """The ``mtseg`` entry holds what predict and evaluate read, of the right kinds."""
+
+    def fail(problem: str):
+        raise ValueError(f"{path}: its '{CHECKPOINT_KEY}' entry {problem} (not written by this mtseg's train, or damaged)")
+
+    if not isinstance(meta, dict):
+        fail(f"is a {type(meta).__name__}, not a mapping")
+    missing = [k for k in ("tasks", "class_names", "preprocessing", "pad_value") if k not in meta]
+    if missing:
+        fail(f"lacks {', '.join(missing)}")
+    tasks, preprocessing = meta["tasks"], meta["preprocessing"]
+    if not isinstance(tasks, (list, tuple)) or not tasks or not all(isinstance(t, str) for t in tasks):
+        fail(f"names tasks {tasks!r}")
+    if not isinstance(preprocessing, dict) or any(not isinstance(preprocessing.get(t), dict) for t in tasks):
+        fail("lacks the preprocessing of a task")
+    for task in tasks:
+        config = preprocessing[task]
+        if "spacing" not in config or "threshold" not in config or not isinstance(config.get("intensity", []), list):
+            fail(f"has a malformed preprocessing for task {task!r}")
+        check_targets(config, f"{path} (preprocessing of {task})")
+    if not isinstance(meta["pad_value"], (int, float)):
+        fail(f"has pad_value {meta['pad_value']!r}")
+    if meta.get("data") is not None:
+        check_targets(meta["data"], f"{path} (stored data config)")
+
 
 @dataclass
 class LoadedCheckpoint:
@@ -72,9 +150,22 @@ def load_checkpoint(path: str | Path) -> LoadedCheckpoint:
             "(use a checkpoints/*.ckpt file written by python -m mtseg.train)"
         )
     meta = checkpoint[CHECKPOINT_KEY]
-    label_space = LabelSpace.from_dict(meta)
-    module = MultiTaskSegmentationModule(**checkpoint["hyper_parameters"])
-    module.load_state_dict(checkpoint["state_dict"])
+    _check_meta(meta, path)
+    try:
+        label_space = LabelSpace.from_dict(meta)
+    except (KeyError, ValueError, TypeError) as error:
+        raise ValueError(f"{path}: its tasks or classes are not this mtseg's ({error})") from None
+    hparams = checkpoint.get("hyper_parameters")
+    if not isinstance(hparams, dict):
+        raise ValueError(f"{path}: it stores no hyper_parameters to rebuild the network from")
+    try:
+        module = MultiTaskSegmentationModule(**hparams)
+        module.load_state_dict(checkpoint["state_dict"])
+    except (TypeError, ValueError, KeyError, RuntimeError) as error:
+        first = str(error).strip().splitlines()[0][:300]
+        raise ValueError(f"{path}: its weights do not fit the network its configuration describes ({type(error).__name__}: {first})") from None
+    if list(module.label_space.tasks) != list(label_space.tasks):
+        raise ValueError(f"{path}: hyper_parameters name tasks {list(module.label_space.tasks)}, its '{CHECKPOINT_KEY}' entry {list(label_space.tasks)}")
     module.eval()
     return LoadedCheckpoint(path, module, label_space, meta, int(checkpoint.get("global_step", 0)))
 
@@ -106,15 +197,19 @@ def select_device(name: str) -> torch.device:
 
 
 def test_datamodule(loaded: LoadedCheckpoint, overrides=None):
-    """The checkpoint's data module (its stored data config with ``overrides``), test images prepared."""
-    from hydra.utils import instantiate
+    """The checkpoint's data module (its stored data config with ``overrides``), test images prepared.
+
+    Every ``_target_`` of the merged configuration is checked against :data:`ALLOWED_TARGETS` first.
+    """
     from omegaconf import OmegaConf
 
     stored = loaded.meta.get("data")
-    if stored is None:
+    if not isinstance(stored, dict):
         raise ValueError(f"{loaded.path} stores no data config (written by an older mtseg); cannot find its test sets")
     data_cfg = OmegaConf.merge(OmegaConf.create(stored), overrides or {})
-    datamodule = instantiate(data_cfg, tasks=list(loaded.label_space.tasks), radius=loaded.net.depth, seed=0)
+    datamodule = instantiate_checked(
+        data_cfg, f"{loaded.path} (stored data config)", tasks=list(loaded.label_space.tasks), radius=loaded.net.depth, seed=0
+    )
     datamodule.prepare_data()
     datamodule.setup("validate")
     return datamodule

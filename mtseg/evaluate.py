@@ -9,6 +9,7 @@ input image's own grid). The PR thresholds are also written beside the checkpoin
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import logging
@@ -22,9 +23,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from mtseg.checkpoint import LoadedCheckpoint, load_checkpoint, select_device, test_datamodule, thresholds_path
 from mtseg.data.datamodule import HeldOutImage
-from mtseg.data.preprocessing import IMAGE
+from mtseg.data.preprocessing import IMAGE, LABEL
 from mtseg.evaluation import EvaluationResult, WholeImageEvaluator
-from mtseg.nifti import atomic_write_bytes, read_image, to_input_grid, write_like
+from mtseg.nifti import atomic_write_bytes, check_outputs, read_image, to_input_grid, write_like
+from mtseg.signals import SIGTERM_EXIT, Terminated, sigterm_raises
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +56,19 @@ def evaluate_checkpoint(loaded: LoadedCheckpoint, datamodule, pr_thresholds: int
 
 
 def write_results(result: EvaluationResult, out_dir: Path, loaded: LoadedCheckpoint, datamodule, write_predictions: bool) -> dict:
-    """results.json, per_image.csv and the predicted NIfTIs; returns the results dict."""
+    """results.json, per_image.csv and the predicted NIfTIs; returns the results dict.
+
+    Results of an earlier evaluation in ``out_dir`` are replaced; an input (a test image or
+    label, the checkpoint) never is, whatever ``output_dir`` says.
+    """
+    outputs = [out_dir / "results.json", out_dir / "per_image.csv", thresholds_path(loaded.path)]
+    inputs = {"checkpoint": loaded.path}
+    for task, task_result in result.tasks.items():
+        for subject, image_result in zip(datamodule.subjects[task]["test"], task_result.images):
+            inputs |= {f"{task} test image": subject[IMAGE].path, f"{task} test label": subject[LABEL].path}
+            if write_predictions:
+                outputs.append(out_dir / "predictions" / task / f"{image_result.case_id}.nii.gz")
+    check_outputs(outputs, {k: v for k, v in inputs.items() if v is not None}, overwrite=True)
     results = {
         "checkpoint": str(loaded.path),
         "global_step": loaded.global_step,
@@ -120,12 +134,21 @@ def summary_lines(results: dict) -> str:
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="evaluate")
 def main(cfg: DictConfig) -> None:
+    out_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
-        evaluate(cfg)
-    except (FileNotFoundError, PermissionError, ValueError) as error:  # bad input: a message, not a traceback
-        log.error("%s", error)
+        with sigterm_raises():
+            evaluate(cfg)
+    except (ValueError, OSError) as error:  # bad input: a message, not a traceback
         print(f"mtseg.evaluate: error: {error}", file=sys.stderr)
-        sys.exit(1)
+        status = 1
+    except Terminated:
+        print("mtseg.evaluate: stopped by SIGTERM", file=sys.stderr)
+        status = SIGTERM_EXIT
+    else:
+        return
+    with contextlib.suppress(OSError):  # the output folder Hydra made for this call, if nothing was written
+        out_dir.rmdir()
+    sys.exit(status)
 
 
 if __name__ == "__main__":

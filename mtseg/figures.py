@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out) if args.out else (Path(args.paths[0]) / "figures" if len(args.paths) == 1 else Path("figures"))
     try:
         written = write_figures(args.paths, out, args.dpi)
-    except (FileNotFoundError, PermissionError, ValueError) as error:
+    except (ValueError, OSError) as error:  # FileNotFoundError and PermissionError included
         print(f"mtseg.figures: error: {error}", file=sys.stderr)
         return 1
     for path in written.values():

@@ -18,6 +18,8 @@ from mtseg.tasks import TASKS, LabelSpace
 
 #: Key under which every mtseg checkpoint stores what its output channels mean.
 CHECKPOINT_KEY = "mtseg"
+#: Checkpoint key of the random state at the save, restored when a run resumes.
+RNG_KEY = "mtseg_rng"
 
 
 class MultiTaskSegmentationModule(L.LightningModule):
@@ -45,6 +47,9 @@ class MultiTaskSegmentationModule(L.LightningModule):
             (voxels per slab of dense inference).
         data: The data config, stored so a checkpoint can be evaluated on the same test sets.
         training: The training mode's config (``conf/training``), stored with checkpoints.
+        schedule: The run's ``conf/schedule`` and ``seed``: stored with checkpoints, so that a resumed run
+            can check that it continues the same schedule.
+        seed: The run's seed.
     """
 
     def __init__(
@@ -58,6 +63,8 @@ class MultiTaskSegmentationModule(L.LightningModule):
         evaluation: Mapping[str, Any] | None = None,
         data: Mapping[str, Any] | None = None,
         training: Mapping[str, Any] | None = None,
+        schedule: Mapping[str, Any] | None = None,
+        seed: int | None = None,
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -74,6 +81,8 @@ class MultiTaskSegmentationModule(L.LightningModule):
         self.latest_evaluation: EvaluationResult | None = None
         #: Mean fraction of a training image's voxels that are the task's foreground (set by training).
         self.foreground_fraction: dict[str, float] = {}
+        #: The W&B run of the training (set by training; a resumed run continues it).
+        self.wandb_run_id: str | None = None
 
     @property
     def n_params(self) -> int:
@@ -163,6 +172,8 @@ class MultiTaskSegmentationModule(L.LightningModule):
         return torch.optim.Adam(self.parameters(), lr=self.lr, betas=self.betas)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # the process's random state (dropout), so a resumed run continues exactly (tensors only)
+        checkpoint[RNG_KEY] = {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
         checkpoint[CHECKPOINT_KEY] = {
             **self.label_space.to_dict(),
             "task_modalities": {t: TASKS[t].modality for t in self.label_space.tasks},
@@ -173,11 +184,20 @@ class MultiTaskSegmentationModule(L.LightningModule):
             "foreground_fraction": dict(self.foreground_fraction),
             "data": self.hparams.data,
             "training": self.hparams.training,
+            "wandb_run_id": self.wandb_run_id,
             # PR operating points of the evaluation just before this save (same weights)
             "thresholds": {} if self.latest_evaluation is None else self.latest_evaluation.thresholds(),
             "thresholds_from": None if self.latest_evaluation is None else "held-out images at training time",
         }
 
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """A resumed run continues the random state of its checkpoint (dropout masks included)."""
+        state = checkpoint.get(RNG_KEY)
+        if state:
+            torch.set_rng_state(state["torch"])
+            if state["cuda"] and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+                torch.cuda.set_rng_state_all(state["cuda"])
 
 def available_memory(device: torch.device) -> int | None:
     """Bytes of memory a training step can still take on ``device`` (``None`` when unknown)."""

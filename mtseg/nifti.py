@@ -97,7 +97,7 @@ def checked_nifti(path: str | Path, limits: ImageLimits | None = None) -> nib.Ni
         dtype = header.get_data_dtype()
         zooms = np.asarray(header.get_zooms()[:3], dtype=np.float64)
         affine = np.asarray(nifti.affine, dtype=np.float64)
-        offset = int(header.get("vox_offset", 0)) if hasattr(header, "get") else 0
+        offset = int(getattr(nifti.dataobj, "offset", 0))  # the header object nibabel returns resets vox_offset
     except Exception as error:
         raise ValueError(f"{path}: cannot be read as NIfTI ({type(error).__name__}: {error})") from None
     if dtype.fields is not None or dtype.kind not in "biuf":
@@ -174,6 +174,27 @@ def check_writable(path: str | Path) -> Path:
     if not os.access(folder, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
         raise PermissionError(f"output {path}: not writable")
     return path
+
+
+def check_outputs(outputs: list[Path], inputs: dict[str, Path], overwrite: bool) -> None:
+    """Refuse to write any of ``outputs`` over one of ``inputs`` (``{role: path}``), compared by resolved path
+    and, for existing files, by identity (``os.path.samefile``: symbolic and hard links included); refuse an
+    existing output unless ``overwrite``.
+
+    Raises:
+        ValueError: naming the output and the input or the ``--overwrite`` flag.
+    """
+    for output in outputs:
+        output = Path(output)
+        for role, source in inputs.items():
+            source = Path(source)
+            same = output.resolve() == source.resolve()
+            if not same and output.exists() and source.exists():
+                same = os.path.samefile(output, source)
+            if same:
+                raise ValueError(f"output {output} would replace the {role} {source}; choose another output path")
+        if output.exists() and not overwrite:
+            raise ValueError(f"output {output} exists; pass --overwrite to replace it")
 
 
 def check_writable_folder(folder: str | Path) -> Path:

@@ -58,19 +58,32 @@ def load_run(path: str | Path) -> RunRecord:
     if not is_run_dir(path):
         raise ValueError(f"{path} is not an mtseg run directory (no metrics.csv and .hydra/config.yaml)")
     from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
 
-    config = OmegaConf.load(path / ".hydra" / "config.yaml")
+    try:
+        config = OmegaConf.load(path / ".hydra" / "config.yaml")
+        experiment, seed = str(config.experiment), int(config.seed)
+        mode = str(OmegaConf.select(config, "training.mode", default="patch"))
+    except (OmegaConfBaseException, ValueError, TypeError, AttributeError) as error:
+        raise ValueError(f"{path / '.hydra' / 'config.yaml'}: not the config of an mtseg run ({type(error).__name__}: {error})") from None
+    try:
+        metrics = pd.read_csv(path / "metrics.csv")
+    except (ValueError, UnicodeDecodeError) as error:  # pandas' parser errors are ValueErrors
+        raise ValueError(f"{path / 'metrics.csv'}: not a readable table ({error})") from None
+    missing = [c for c in ("step", "minibatches_per_task", "task", "class", "dice") if c not in metrics.columns]
+    if missing:
+        raise ValueError(f"{path / 'metrics.csv'}: lacks the column(s) {', '.join(missing)}")
     summary_path = path / "summary.json"
+    summary = None
+    if summary_path.is_file():
+        try:
+            summary = json.loads(summary_path.read_text())
+        except (ValueError, UnicodeDecodeError) as error:
+            raise ValueError(f"{summary_path}: not valid JSON ({error})") from None
+        if not isinstance(summary, dict):
+            raise ValueError(f"{summary_path}: must hold a JSON object")
     checkpoint = path / "checkpoints" / "last.ckpt"
-    return RunRecord(
-        path,
-        str(config.experiment),
-        int(config.seed),
-        pd.read_csv(path / "metrics.csv"),
-        json.loads(summary_path.read_text()) if summary_path.is_file() else None,
-        checkpoint if checkpoint.is_file() else None,
-        str(OmegaConf.select(config, "training.mode", default="patch")),
-    )
+    return RunRecord(path, experiment, seed, metrics, summary, checkpoint if checkpoint.is_file() else None, mode)
 
 
 def find_runs(paths: Iterable[str | Path]) -> list[RunRecord]:

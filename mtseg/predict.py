@@ -39,15 +39,24 @@ from pathlib import Path
 import numpy as np
 import torch
 import torchio as tio
-from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from mtseg import CONFIG_DIR
-from mtseg.checkpoint import LoadedCheckpoint, load_checkpoint, select_device, threshold_for
+from mtseg.checkpoint import LoadedCheckpoint, instantiate_checked, load_checkpoint, select_device, threshold_for, thresholds_path
 from mtseg.data.preprocessing import IMAGE, INPLANE, SAMPLING_MASK, build_preprocessing
 from mtseg.data.triplanar import TriplanarVolume
 from mtseg.inference import segment_volume
-from mtseg.nifti import atomic_write_bytes, check_writable, check_writable_folder, read_image, to_input_grid, write_like
+from mtseg.nifti import (
+    ImageLimits,
+    atomic_write_bytes,
+    check_outputs,
+    check_writable,
+    check_writable_folder,
+    read_image,
+    to_input_grid,
+    write_like,
+)
+from mtseg.signals import SIGTERM_EXIT, Terminated, sigterm_raises
 from mtseg.tasks import TASKS
 
 log = logging.getLogger("mtseg.predict")
@@ -117,15 +126,28 @@ def run_pass(
     channels: list[int] | None,
     device: torch.device,
     slab_voxels: int,
+    limits: ImageLimits,
     thresholds: dict[str, float] | None = None,
-) -> Pass:
-    """Preprocess ``image`` as ``tasks[0]`` was in training, at ``spacing``, and segment it densely."""
+) -> Pass | None:
+    """Preprocess ``image`` as ``tasks[0]`` was in training, at ``spacing``, and segment it densely.
+
+    ``None`` when no voxel is above the task's threshold (nothing to segment with this preprocessing).
+    """
     config = loaded.meta["preprocessing"][tasks[0]]
-    intensity = [instantiate(t) for t in config.get("intensity", [])]
+    target = resolved_spacing(spacing, image)
+    extent = np.asarray(image.spacing) * np.asarray(image.spatial_shape)
+    limits.check_grid(
+        int(np.prod(np.ceil(extent / target), dtype=np.float64)),
+        f"{image.path}: resampled to {target:g} mm for task {tasks[0]}, the working grid",
+    )
+    intensity = [instantiate_checked(t, f"{loaded.path} (preprocessing of {tasks[0]})") for t in config.get("intensity", [])]
     subject = tio.Subject({IMAGE: tio.ScalarImage(tensor=image.data, affine=image.affine)})  # TorchIO copies it
     prepared = build_preprocessing(spacing, config["threshold"], intensity)(subject)
     volume = TriplanarVolume(prepared[IMAGE].data[0], loaded.net.depth, float(loaded.meta["pad_value"]))
     mask = prepared[SAMPLING_MASK].data[0].bool()
+    if not mask.any():
+        log.info("No voxel above the threshold of %s's preprocessing (%g): skipped", tasks[0], config["threshold"])
+        return None
     log.info(
         "Segmenting at %s mm (%s preprocessing), %d x %d x %d voxels",
         spacing if isinstance(spacing, str) else f"{spacing:.3g}", tasks[0], *volume.shape,
@@ -143,25 +165,47 @@ def run_pass(
     return Pass(tasks, spacing, prepared[IMAGE].affine, segmentation.labels, kept, per_task, segmentation.labels.numel())
 
 
+def output_paths(args: argparse.Namespace, space) -> list[Path]:
+    """Every file predict writes: the label map, its sidecar and the probability maps."""
+    output = Path(args.output)
+    paths = [output, sidecar_path(output)]
+    if args.probabilities:
+        paths += [Path(args.probabilities) / f"{name}.nii.gz" for name in space.class_names]
+    return paths
+
+
 def predict(args: argparse.Namespace) -> dict:
     """Segment ``args.input``; write the label map, the sidecar and optionally probabilities."""
     output = check_writable(args.output)  # the sidecar goes into the same folder
     sidecar = sidecar_path(output)
-    image = read_image(args.input)
+    limits = ImageLimits.load(max_voxels=args.max_voxels)
+    image = read_image(args.input, limits)
     loaded = load_checkpoint(args.checkpoint)
     space = loaded.label_space
+    inputs = {"input image": Path(args.input), "checkpoint": loaded.path, "thresholds file": thresholds_path(loaded.path)}
+    check_outputs(output_paths(args, space), inputs, args.overwrite)
     if args.task is not None and args.task not in space.tasks:
         raise ValueError(f"--task {args.task}: the network was trained for {', '.join(space.tasks)} only")
+    check_contrast(image)
     device = select_device(args.device)
     created_probability_dir = bool(args.probabilities) and not Path(args.probabilities).exists()
     probability_dir = check_writable_folder(args.probabilities) if args.probabilities else None
     try:
-        report = _segment_and_write(args, loaded, image, device, output, sidecar, probability_dir)
+        report = _segment_and_write(args, loaded, image, device, output, sidecar, probability_dir, limits)
     except BaseException:
         if created_probability_dir and probability_dir.is_dir() and not any(probability_dir.iterdir()):
             probability_dir.rmdir()
         raise
     return report
+
+
+def check_contrast(image: tio.ScalarImage) -> None:
+    """Refuse an image whose intensities cannot be normalised: every voxel the same value."""
+    low, high = float(image.data.min()), float(image.data.max())
+    if low == high:
+        raise ValueError(
+            f"{image.path}: all {image.data.numel():,d} voxels have intensity {low:g}: no contrast to normalise or segment"
+        )
 
 
 def working_spacing(image: tio.ScalarImage, trained_spacings: list[float | str]) -> float:
@@ -179,7 +223,15 @@ def resolved_spacing(trained: float | str, image: tio.ScalarImage) -> float:
     return round(float(min(image.spacing)), 6) if trained == INPLANE else float(trained)
 
 
-def _segment_and_write(args, loaded: LoadedCheckpoint, image: tio.ScalarImage, device, output: Path, sidecar: Path, probability_dir):
+def _nothing_above_threshold(loaded: LoadedCheckpoint, image: tio.ScalarImage, tasks) -> ValueError:
+    thresholds = ", ".join(f"{t} {loaded.meta['preprocessing'][t]['threshold']:g}" for t in tasks)
+    return ValueError(
+        f"{image.path}: no voxel has an intensity above the threshold of {'any task' if len(tasks) > 1 else 'task ' + tasks[0]} "
+        f"(intensities {float(image.data.min()):g} .. {float(image.data.max()):g}; thresholds: {thresholds}): nothing to segment"
+    )
+
+
+def _segment_and_write(args, loaded: LoadedCheckpoint, image: tio.ScalarImage, device, output: Path, sidecar: Path, probability_dir, limits: ImageLimits):
     space = loaded.label_space
     spacings = {t: loaded.meta["preprocessing"][t]["spacing"] for t in space.tasks}
     # probabilities kept: every channel for --probabilities, else the foreground of each
@@ -197,27 +249,35 @@ def _segment_and_write(args, loaded: LoadedCheckpoint, image: tio.ScalarImage, d
             groups.setdefault(_preprocessing_key(loaded.meta["preprocessing"][task]), []).append(task)
         spacing = working_spacing(image, list(spacings.values()))
         for tasks in groups.values():
-            candidates.append(run_pass(loaded, image, tuple(tasks), spacing, channels, device, args.slab_voxels, thresholds))
+            found_pass = run_pass(loaded, image, tuple(tasks), spacing, channels, device, args.slab_voxels, limits, thresholds)
+            if found_pass is not None:
+                candidates.append(found_pass)
+        if not candidates:
+            raise _nothing_above_threshold(loaded, image, space.tasks)
         scores = [p.recognise(expected) for p in candidates]
         index = max(range(len(candidates)), key=lambda i: (scores[i][1] * scores[i][2], candidates[i].foreground))
         best = candidates[index]
         task, dominance, plausibility = scores[index]
         recognised = task is not None
         if task is None:
-            task = space.tasks[0]
+            task = best.tasks[0]
         final = best
         target = resolved_spacing(spacings[task], image)
         # segmented again with the task's own preprocessing when the pass used another
         # spacing or another task's intensity preprocessing
         if task not in best.tasks or abs(target - spacing) > 0.01 * target:
-            final = run_pass(loaded, image, (task,), spacings[task], channels, device, args.slab_voxels, thresholds)
+            final = run_pass(loaded, image, (task,), spacings[task], channels, device, args.slab_voxels, limits, thresholds)
+            if final is None:
+                raise _nothing_above_threshold(loaded, image, (task,))
             found, final_dominance, final_plausibility = final.recognise(expected)
             if found == task:
                 dominance, plausibility = final_dominance, final_plausibility
         candidates = [c.counts_only() for c in candidates]  # free their volumes
     else:
         task = args.task
-        final = run_pass(loaded, image, (task,), spacings[task], channels, device, args.slab_voxels, thresholds)
+        final = run_pass(loaded, image, (task,), spacings[task], channels, device, args.slab_voxels, limits, thresholds)
+        if final is None:
+            raise _nothing_above_threshold(loaded, image, (task,))
         found, dominance, plausibility = final.recognise(expected)
         recognised = False
         if found != task:
@@ -271,11 +331,12 @@ def _segment_and_write(args, loaded: LoadedCheckpoint, image: tio.ScalarImage, d
             for channel, name in enumerate(space.class_names):
                 path = probability_dir / f"{name}.nii.gz"
                 values = to_input_grid(final.probabilities[channel], final.affine, image, label=False)
+                written.append(path)  # before writing: a signal may arrive between the write and the append
                 write_like(values.numpy(), image, path, "float32")
-                written.append(path)
         text = json.dumps(report, indent=2)
-        atomic_write_bytes(sidecar, lambda tmp: Path(tmp).write_text(text))
         written.append(sidecar)
+        atomic_write_bytes(sidecar, lambda tmp: Path(tmp).write_text(text))
+        written.append(output)
         write_like(labels.numpy(), image, output, "uint8")
     except BaseException:
         for path in written:
@@ -320,6 +381,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--min-plausibility", type=float, default=defaults.min_plausibility,
                    help="below this agreement of the task's foreground fraction with its training images, "
                         "report low confidence (default: %(default)s)")
+    p.add_argument("--overwrite", action="store_true", help="replace existing outputs (never an input)")
+    p.add_argument("--max-voxels", type=int, default=None,
+                   help=f"refuse inputs and working grids of more voxels (default: {ImageLimits.load().max_voxels:,d}, conf/limits.yaml)")
     p.add_argument("--min-foreground-percent", type=float, default=defaults.min_foreground_percent,
                    help="below this foreground percentage, report low confidence (default: %(default)s)")
     return p
@@ -329,10 +393,17 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     args = parser().parse_args(argv)
     try:
-        report = predict(args)
-    except (FileNotFoundError, PermissionError, ValueError, OSError) as error:
+        with sigterm_raises():
+            report = predict(args)
+    except (ValueError, OSError) as error:  # FileNotFoundError and PermissionError included
         print(f"mtseg.predict: error: {error}", file=sys.stderr)
         return 1
+    except Terminated:
+        print("mtseg.predict: stopped by SIGTERM; nothing written", file=sys.stderr)
+        return SIGTERM_EXIT
+    except KeyboardInterrupt:
+        print("mtseg.predict: interrupted; nothing written", file=sys.stderr)
+        return 130
     print(describe(report))
     print(f"Wrote {args.output} and {sidecar_path(Path(args.output))}")
     return 0

@@ -3,11 +3,20 @@
 Builds the data module, the model, the loggers and the trainer from the Hydra
 config in ``conf/``, fits, and writes the run directory: ``.hydra/``,
 ``metrics.csv``, ``checkpoints/last.ckpt`` and ``summary.json``.
+
+``ckpt_path=<run>/checkpoints/last.ckpt`` resumes a run in a new run directory: the same
+schedule from the checkpoint's step on, the evaluations still due, ``metrics.csv``
+continued from the old run's rows up to that step, and the sampling and random state of
+the checkpoint, so the resumed run ends with the weights the uninterrupted one would have.
+SIGTERM (``kill``, ``timeout``, SLURM) stops a run after its current step: ``last.ckpt``
+is saved and the process exits with status 143.
 """
 
 from __future__ import annotations
 
+import csv
 import logging
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -19,12 +28,16 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
 from mtseg.baseline import intensity_baseline_dice
-from mtseg.callbacks import DiceCSVWriter, EvaluationTimer, WandbSegmentationOverlays
+from mtseg.callbacks import METRICS_COLUMNS, DiceCSVWriter, EvaluationTimer, SaveOnSigterm, WandbSegmentationOverlays
+from mtseg.checkpoint import load_checkpoint
 from mtseg.evaluation import results_table
 from mtseg.module import MultiTaskSegmentationModule
+from mtseg.nifti import atomic_write_bytes
+from mtseg.signals import SIGTERM_EXIT
 from mtseg.summary import dice_table, write_summary
 from mtseg.tasks import experiment_tasks
 
@@ -44,6 +57,59 @@ def wandb_group(cfg: DictConfig) -> str | None:
     return None
 
 
+#: Settings a resumed run must share with its checkpoint: (this run's config key, stored hyper-parameter).
+RESUME_SETTINGS = (("model", "model"), ("training", "training"), ("schedule", "schedule"), ("seed", "seed"),
+                   ("optimizer.lr", "lr"), ("optimizer.betas", "betas"))
+
+
+def resumed_checkpoint(cfg: DictConfig) -> Path | None:
+    """``ckpt_path``, checked: a safe mtseg checkpoint of this experiment with this run's settings."""
+    if not cfg.get("ckpt_path"):
+        return None
+    path = Path(cfg.ckpt_path)
+    loaded = load_checkpoint(path)  # weights only, clear errors for a foreign or damaged file
+    stored = loaded.module.hparams
+    if list(stored["tasks"]) != list(experiment_tasks(cfg.experiment)):
+        raise ValueError(f"ckpt_path={path} belongs to experiment {loaded.label_space.experiment}, not {cfg.experiment}")
+    for key, name in RESUME_SETTINGS:
+        current = OmegaConf.select(cfg, key)
+        current = OmegaConf.to_container(current) if OmegaConf.is_config(current) else current
+        if stored.get(name) is None:
+            raise ValueError(f"ckpt_path={path} was written by an older mtseg that does not store its {key}; it cannot be resumed")
+        if _plain(stored[name]) != _plain(current):
+            raise ValueError(
+                f"ckpt_path={path} was trained with {key}={_plain(stored[name])}, this run has {key}={_plain(current)}; "
+                "a resumed run keeps its settings (start a new run to change them)"
+            )
+    return path
+
+
+def _plain(value):
+    """Configs compared as plain JSON-like values (tuples as lists)."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def continue_metrics(checkpoint: Path, step: int, target: Path) -> None:
+    """Start ``target`` with the rows of the checkpoint's run (``<run>/metrics.csv``) up to ``step``."""
+    source = checkpoint.parent.parent / "metrics.csv"
+    if not source.is_file():
+        return
+    with source.open(newline="") as handle:
+        rows = [row for row in csv.DictReader(handle) if int(row["step"]) <= step]
+
+    def write(tmp):
+        with open(tmp, "w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=METRICS_COLUMNS, extrasaction="ignore")
+            writer.writeheader()
+            writer.writerows(rows)
+
+    atomic_write_bytes(target, write)
+
+
 def train(cfg: DictConfig) -> dict:
     """Fit one experiment as configured; return the summary written to ``summary.json``."""
     run_dir = Path(HydraConfig.get().runtime.output_dir)
@@ -52,6 +118,7 @@ def train(cfg: DictConfig) -> dict:
     for knob in ("minibatches_per_task", "eval_every"):
         if cfg.schedule[knob] < 1:
             raise ValueError(f"schedule.{knob} must be at least 1, got {cfg.schedule[knob]}")
+    resume = resumed_checkpoint(cfg)
     L.seed_everything(cfg.seed, workers=True)
     if torch.cuda.is_available():
         torch.set_float32_matmul_precision("high")
@@ -64,6 +131,8 @@ def train(cfg: DictConfig) -> dict:
         evaluation=OmegaConf.to_container(cfg.evaluation),
         data=OmegaConf.to_container(cfg.data, resolve=True),
         training=OmegaConf.to_container(cfg.training),
+        schedule=OmegaConf.to_container(cfg.schedule),
+        seed=cfg.seed,
         **OmegaConf.to_container(cfg.optimizer),
     )
     log.info(
@@ -82,18 +151,30 @@ def train(cfg: DictConfig) -> dict:
     steps = cfg.schedule.minibatches_per_task * per_minibatch
     val_every = min(cfg.schedule.eval_every, cfg.schedule.minibatches_per_task) * per_minibatch
     logger = None
+    resumed_step = 0
+    if resume is not None:
+        stored = torch.load(resume, map_location="cpu", weights_only=True)  # already checked by resumed_checkpoint
+        resumed_step = int(stored.get("global_step", 0))
+        module.wandb_run_id = stored["mtseg"].get("wandb_run_id")
+        continue_metrics(resume, resumed_step, run_dir / "metrics.csv")
+        log.info("Resuming %s at step %d of %d", resume, resumed_step, steps)
     if cfg.logger.get("wandb") is not None:  # logger=none: no W&B
-        logger = instantiate(cfg.logger.wandb, group=wandb_group(cfg), save_dir=str(run_dir))
+        # a resumed run continues its W&B run (same id)
+        same_run = {"id": module.wandb_run_id, "resume": "allow"} if module.wandb_run_id else {}
+        logger = instantiate(cfg.logger.wandb, group=wandb_group(cfg), save_dir=str(run_dir), **same_run)
+        module.wandb_run_id = logger.experiment.id
         logger.log_hyperparams(
             {**OmegaConf.to_container(cfg, resolve=True), "n_params": module.n_params, "n_tasks": n_tasks, "max_steps": steps}
         )
     checkpoints = run_dir / "checkpoints"
     timer = EvaluationTimer()
+    curve = DiceCSVWriter(run_dir / "metrics.csv")
     callbacks = [
         timer,
         WandbSegmentationOverlays(),
         ModelCheckpoint(dirpath=checkpoints, filename="step{step:07d}", auto_insert_metric_name=False, save_top_k=-1, save_last=True),
-        DiceCSVWriter(run_dir / "metrics.csv"),
+        curve,
+        SaveOnSigterm(checkpoints / "last.ckpt"),
     ]
     trainer = instantiate(
         cfg.trainer,
@@ -107,19 +188,28 @@ def train(cfg: DictConfig) -> dict:
     )
     try:
         start = time.perf_counter()
-        trainer.fit(module, datamodule=datamodule)
+        try:
+            trainer.fit(module, datamodule=datamodule, ckpt_path=resume, weights_only=True)
+        except SIGTERMException:  # SaveOnSigterm wrote last.ckpt
+            print(
+                f"Stopped by SIGTERM at step {trainer.global_step} of {steps}; saved {checkpoints / 'last.ckpt'}. "
+                f"Resume with: python -m mtseg.train +experiment={cfg.experiment} ckpt_path={checkpoints / 'last.ckpt'} "
+                "(and the same overrides)",
+                file=sys.stderr,
+            )
+            sys.exit(SIGTERM_EXIT)
         if trainer.global_step % val_every:  # the schedule did not end on an evaluation
             trainer.validate(module, datamodule=datamodule, verbose=False)
             trainer.save_checkpoint(checkpoints / f"step{trainer.global_step:07d}.ckpt")
             trainer.save_checkpoint(checkpoints / "last.ckpt")
-        seconds = time.perf_counter() - start
+        seconds = time.perf_counter() - start + curve.previous_seconds  # a resumed run adds its earlier training
         summary = write_summary(
             run_dir / "summary.json",
             module=module,
             cfg=cfg,
             steps=trainer.global_step,
             train_seconds=seconds,
-            eval_seconds=timer.seconds,
+            eval_seconds=timer.seconds + timer.previous_seconds,
             baseline=baseline,
         )
         if logger is not None:
@@ -139,7 +229,12 @@ def train(cfg: DictConfig) -> dict:
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 def main(cfg: DictConfig) -> None:
-    train(cfg)
+    try:
+        train(cfg)
+    except (ValueError, OSError) as error:  # bad data, settings or checkpoint: a message, not a traceback
+        log.error("%s", error)
+        print(f"mtseg.train: error: {error}", file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

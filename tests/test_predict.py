@@ -56,7 +56,7 @@ def test_label_map_has_the_input_grid_and_the_recognised_task(tmp_path, breast_n
     assert "Task: breast (recognised" in capsys.readouterr().out
 
 
-def test_a_pinned_task_uses_its_preprocessing_and_a_threshold_from_evaluation(tmp_path, breast_network):
+def test_a_pinned_task_uses_its_preprocessing_and_a_threshold_from_evaluation(tmp_path, breast_network, capsys):
     (tmp_path / "breast.thresholds.json").write_text(json.dumps({"thresholds": {"breast": 0.999999}}))
     image = oblique_anisotropic_image(tmp_path / "scan.nii.gz")
     out = tmp_path / "seg.nii.gz"
@@ -67,7 +67,8 @@ def test_a_pinned_task_uses_its_preprocessing_and_a_threshold_from_evaluation(tm
     # every voxel's argmax is the pectoral muscle, which is another task's class: background for brain
     assert report["voxels_per_label"]["0"] == int(np.prod(nib.load(image).shape))
     assert report["low_confidence"]
-    assert main(["--checkpoint", str(breast_network), "--input", str(image), "--output", str(out), "--task", "breast"]) == 0
+    assert "pass --overwrite" in bad(tmp_path, capsys, breast_network, image, out, "--task", "breast")
+    assert main(["--checkpoint", str(breast_network), "--input", str(image), "--output", str(out), "--task", "breast", "--overwrite"]) == 0
     report = json.loads((tmp_path / "seg.json").read_text())
     assert report["threshold"] == 0.999999 and "evaluation" in report["threshold_from"]
 

@@ -2,8 +2,12 @@
 
     python -m mtseg.data check PATH [--scheme miccai2012 | --task brain] [--channel 0]
         [--images train=training-images,test=testing-images --labels ... --label-suffix _glm]
-    python -m mtseg.data convert-labels --scheme miccai2012 IN OUT
+    python -m mtseg.data convert-labels --scheme miccai2012 IN OUT [--overwrite]
     python -m mtseg.data build brain-templates [--root data] [--wheels DIR] [--force]
+
+Bad input (an unreadable or malformed file, a wrong layout, a full disk) ends a command
+with one line ``mtseg.data: error: <file>: <problem>`` and exit status 1, never a
+traceback; SIGTERM and Ctrl+C end it with 143 and 130 once its partial output is removed.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import os
 import sys
 import time
 
+from mtseg.signals import SIGTERM_EXIT, Terminated, sigterm_raises
 from mtseg.tasks import TASK_ORDER
 
 
@@ -21,6 +26,8 @@ def _folders(value: str) -> str | dict[str, str]:
     if "=" not in value:
         return value
     pairs = [part.split("=", 1) for part in value.split(",")]
+    if any(len(pair) != 2 for pair in pairs):
+        raise ValueError(f"--images/--labels: expected NAME or train=NAME,test=NAME, got {value!r}")
     return {split.strip(): name.strip() for split, name in pairs}
 
 
@@ -43,7 +50,7 @@ def _convert(args: argparse.Namespace) -> None:
     from mtseg.data.label_mapping import convert_label_file, load_scheme
 
     task, mapping = load_scheme(args.scheme)
-    counts = convert_label_file(mapping, args.input, args.output)
+    counts = convert_label_file(mapping, args.input, args.output, args.overwrite)
     print(f"{args.output}: {task} labels ({args.scheme})")
     for label, (name, count) in enumerate(zip(mapping.names, counts)):
         print(f"  {label} {name:<28} {int(count):>12,d} voxels")
@@ -53,6 +60,13 @@ def _build(args: argparse.Namespace) -> None:
     from mtseg.data.brain_templates import build_brain_templates
 
     build_brain_templates(args.root, args.wheels, args.force)
+
+
+def _message(error: Exception) -> str:
+    """The error's message; ``FILE: reason`` for an operating system error that names its file."""
+    if isinstance(error, OSError) and error.filename is not None and error.strerror:
+        return f"{error.filename}: {error.strerror}"
+    return str(error)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -75,6 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     convert.add_argument("--scheme", required=True, help="label mapping scheme of conf/label_map (e.g. miccai2012)")
     convert.add_argument("input", help="label file with the source's label IDs")
     convert.add_argument("output", help="label file to write (uint8 task labels)")
+    convert.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     convert.set_defaults(run=_convert)
 
     build = commands.add_parser("build", help="build a data set")
@@ -86,10 +101,17 @@ def main(argv: list[str] | None = None) -> int:
 
     args = parser.parse_args(argv)
     try:
-        args.run(args)
-    except ValueError as error:
-        print(f"error: {error}", file=sys.stderr)
+        with sigterm_raises():
+            args.run(args)
+    except (ValueError, OSError) as error:  # OSError includes FileNotFoundError and PermissionError
+        print(f"mtseg.data: error: {_message(error)}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("mtseg.data: interrupted", file=sys.stderr)
+        return 130
+    except Terminated:
+        print("mtseg.data: stopped by SIGTERM", file=sys.stderr)
+        return SIGTERM_EXIT
     return 0
 
 

@@ -16,7 +16,7 @@ or below the threshold carry the target :data:`IGNORE`; the loss weights
 
 from __future__ import annotations
 
-from collections.abc import Generator, Iterator, Mapping
+from collections.abc import Generator
 
 import torch
 import torchio as tio
@@ -89,25 +89,19 @@ class TaskBalancedCubes(MinibatchStream):
     ``task`` ``(B,)`` (index into the experiment's tasks), ``B = cubes_per_task · T``.
 
     Args:
-        queues: Queue of cubes per task.
+        new_queues: ``new_queues(k)``: queue of cubes per task, for segment ``k``.
         label_space: The experiment's merged classes.
         cubes_per_task: Cubes of each task per mini-batch.
-        length: Mini-batches per pass (the run's steps); ``None`` for an endless stream.
+        **stream: ``length``, ``start``, ``segment`` and ``seed`` of :class:`~mtseg.data.sampling.MinibatchStream`.
     """
 
-    def __init__(
-        self,
-        queues: Mapping[str, tio.Queue],
-        label_space: LabelSpace,
-        cubes_per_task: int,
-        length: int | None = None,
-    ):
+    def __init__(self, new_queues, label_space: LabelSpace, cubes_per_task: int, **stream):
         if cubes_per_task < 1:
             raise ValueError(f"training.cubes_per_task must be positive, got {cubes_per_task}")
-        super().__init__(length)
-        self.queues = dict(queues)
-        self.tasks = list(self.queues)
+        super().__init__(new_queues, **stream)
+        self.tasks = list(label_space.tasks)
         self.cubes_per_task = cubes_per_task
+        self.task_ids = torch.arange(len(self.tasks)).repeat_interleave(cubes_per_task)
         # task-local code -> output channel; NOT_ELIGIBLE -> IGNORE
         self.luts = {}
         for task in self.tasks:
@@ -116,17 +110,12 @@ class TaskBalancedCubes(MinibatchStream):
             lut[: len(channels)] = channels
             self.luts[task] = lut
 
-    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
-        drawn = 0
-        per_task = self.cubes_per_task
-        task_ids = torch.arange(len(self.tasks)).repeat_interleave(per_task)
-        while self.length is None or drawn < self.length:
-            drawn += 1
-            contexts, targets = [], []
-            for task in self.tasks:
-                queue = self.queues[task]
-                for _ in range(per_task):
-                    item = queue[0]
-                    contexts.append(item["context"])
-                    targets.append(self.luts[task][item["codes"].long()])
-            yield {"context": torch.stack(contexts), "target": torch.stack(targets), "task": task_ids.clone()}
+    def draw(self, queues: dict, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        contexts, targets = [], []
+        for task in self.tasks:
+            queue = queues[task]
+            for _ in range(self.cubes_per_task):
+                item = queue[0]
+                contexts.append(item["context"])
+                targets.append(self.luts[task][item["codes"].long()])
+        return {"context": torch.stack(contexts), "target": torch.stack(targets), "task": self.task_ids.clone()}

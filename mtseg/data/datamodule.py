@@ -21,28 +21,20 @@ from mtseg.data.sampling import (
     CLASS_INDEX,
     CLASS_QUOTA,
     NUM_SAMPLES,
+    SAMPLING,
     VOLUME,
     ClassBalancedTriplanarSampler,
     ClassVoxelIndex,
     MinibatchStream,
     class_quotas,
     proportional_counts,
+    seeded_generator,
 )
 from mtseg.data.sources import task_subjects
 from mtseg.data.triplanar import TriplanarVolume
 from mtseg.tasks import TASK_ORDER, LabelSpace, get_task
 
 log = logging.getLogger(__name__)
-
-#: What a random generator is for; part of its seed (1 was the former validation draw).
-SAMPLING, TASK_SPLIT = 0, 2
-
-
-def seeded_generator(seed: int, *keys: int) -> torch.Generator:
-    """A generator seeded by ``seed`` and ``keys``, independent of every other combination."""
-    state = np.random.SeedSequence([seed, *keys]).generate_state(2, dtype=np.uint32)
-    return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
-
 
 class PreparedSubjectsDataset(tio.SubjectsDataset):
     """Subjects preprocessed once and kept in memory.
@@ -107,51 +99,33 @@ class TaskBalancedBatches(MinibatchStream):
     """Mini-batches drawn from one TorchIO queue per task.
 
     Each mini-batch holds ``batch_size // T`` samples of each of the ``T`` tasks,
-    the remainder going to tasks drawn at random. Labels are mapped to the
-    experiment's output channels.
+    the remainder going to tasks drawn at random (with the segment's generator). Labels
+    are mapped to the experiment's output channels.
 
     Args:
-        queues: Queue of triplanar samples per task.
+        new_queues: ``new_queues(k)``: queue of triplanar samples per task, for segment ``k``.
         label_space: The experiment's merged classes.
         batch_size: Samples per mini-batch.
-        generator: Random generator for the remainder.
-        length: Mini-batches per pass (the training run's steps, so progress bars know
-            the total); ``None`` for an endless stream.
+        **stream: ``length``, ``start``, ``segment`` and ``seed`` of :class:`MinibatchStream`.
     """
 
-    def __init__(
-        self,
-        queues: Mapping[str, tio.Queue],
-        label_space: LabelSpace,
-        batch_size: int,
-        generator: torch.Generator,
-        length: int | None = None,
-    ):
-        super().__init__(length)
-        self.queues = dict(queues)
-        self.tasks = list(self.queues)
+    def __init__(self, new_queues, label_space: LabelSpace, batch_size: int, **stream):
+        super().__init__(new_queues, **stream)
+        self.tasks = list(label_space.tasks)
         self.luts = {task: label_space.global_labels(task) for task in self.tasks}
         self.batch_size = batch_size
-        self.generator = generator
 
-    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
-        drawn = 0
-        while self.length is None or drawn < self.length:
-            drawn += 1
-            counts = proportional_counts(self.batch_size, torch.ones(len(self.tasks)), self.generator)
-            planes, targets, task_ids = [], [], []
-            for task_id, (task, count) in enumerate(zip(self.tasks, counts.tolist())):
-                queue = self.queues[task]
-                samples = [queue[0] for _ in range(count)]
-                planes += [s["planes"] for s in samples]
-                local = torch.stack([s["label"] for s in samples]) if samples else torch.empty(0, dtype=torch.long)
-                targets.append(self.luts[task][local])
-                task_ids.append(torch.full((count,), task_id))
-            yield {
-                "planes": torch.stack(planes),
-                "target": torch.cat(targets),
-                "task": torch.cat(task_ids),
-            }
+    def draw(self, queues: dict, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        counts = proportional_counts(self.batch_size, torch.ones(len(self.tasks)), generator)
+        planes, targets, task_ids = [], [], []
+        for task_id, (task, count) in enumerate(zip(self.tasks, counts.tolist())):
+            queue = queues[task]
+            samples = [queue[0] for _ in range(count)]
+            planes += [s["planes"] for s in samples]
+            local = torch.stack([s["label"] for s in samples]) if samples else torch.empty(0, dtype=torch.long)
+            targets.append(self.luts[task][local])
+            task_ids.append(torch.full((count,), task_id))
+        return {"planes": torch.stack(planes), "target": torch.cat(targets), "task": torch.cat(task_ids)}
 
 
 class HeldOutImage:
@@ -370,9 +344,9 @@ class MultiTaskDataModule(L.LightningDataModule):
             for subject in self.subjects[task]["test"][:limit]
         ]
 
-    def _queue(self, task: str) -> tio.Queue:
+    def _queue(self, task: str, segment: int = 0) -> tio.Queue:
         cfg = self.sampling_queue
-        generator = seeded_generator(self.seed, SAMPLING, TASK_ORDER.index(task))
+        generator = seeded_generator(self.seed, SAMPLING, TASK_ORDER.index(task), segment)
         if self.dense:
             sampler = ClassBalancedCubeSampler(self.radius, int(self.training["cube"]), int(cfg["samples_per_volume"]), generator)
         else:
@@ -387,19 +361,31 @@ class MultiTaskDataModule(L.LightningDataModule):
             shuffle_patches=True,
         )
 
-    def train_batches(self, length: int | None = None) -> TaskBalancedBatches | TaskBalancedCubes:
-        """Task-balanced mini-batches (of samples, or of cubes in dense mode): ``length`` of them, or endless when ``None``."""
-        queues = {task: self._queue(task) for task in self.tasks}
+    def _queues(self, segment: int) -> dict[str, tio.Queue]:
+        return {task: self._queue(task, segment) for task in self.tasks}
+
+    def train_batches(self, length: int | None = None, start: int = 0, segment: int | None = None) -> TaskBalancedBatches | TaskBalancedCubes:
+        """Task-balanced mini-batches (of samples, or of cubes in dense mode) of steps ``start .. length - 1``
+        (endless when ``length`` is ``None``), sampling restarted every ``segment`` steps
+        (:class:`~mtseg.data.sampling.MinibatchStream`)."""
+        stream = {"length": length, "start": start, "segment": segment, "seed": self.seed}
         if self.dense:
-            return TaskBalancedCubes(queues, self.label_space, int(self.training["cubes_per_task"]), length)
-        generator = seeded_generator(self.seed, TASK_SPLIT)
-        return TaskBalancedBatches(queues, self.label_space, self.batch_size, generator, length)
+            return TaskBalancedCubes(self._queues, self.label_space, int(self.training["cubes_per_task"]), **stream)
+        return TaskBalancedBatches(self._queues, self.label_space, self.batch_size, **stream)
 
     def train_dataloader(self) -> DataLoader:
-        max_steps = self.trainer.max_steps if self.trainer is not None else -1
-        return DataLoader(self.train_batches(max_steps if max_steps > 0 else None), batch_size=None, num_workers=0)
+        """The run's mini-batches from its current step on (a resumed run continues its stream);
+        sampling restarts at every evaluation, so that any step can be resumed exactly."""
+        trainer = self.trainer
+        max_steps = trainer.max_steps if trainer is not None else -1
+        start = trainer.global_step if trainer is not None else 0
+        interval = getattr(trainer, "val_check_interval", None)
+        segment = int(interval) if isinstance(interval, int) and interval > 0 else None
+        batches = self.train_batches(max_steps if max_steps > 0 else None, start, segment)
+        # its own generator: creating the loader must not draw from the process's random state
+        return DataLoader(batches, batch_size=None, num_workers=0, generator=torch.Generator())
 
     def val_dataloader(self) -> DataLoader:
         """Whole held-out images, one per step (``data.val_images_per_task`` per task)."""
         images = HeldOutImages(self.held_out_images(self.val_images_per_task))
-        return DataLoader(images, batch_size=None, shuffle=False)
+        return DataLoader(images, batch_size=None, shuffle=False, generator=torch.Generator())

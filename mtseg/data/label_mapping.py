@@ -16,12 +16,15 @@ hold task-local labels ``0..K`` in the task's class order (see :mod:`mtseg.tasks
 Schemes live in ``conf/label_map/<name>.yaml`` (e.g. ``miccai2012``) and are shared by
 the data configs, ``python -m mtseg.data convert-labels`` and the brain template builder.
 The mapping is applied when a label file is read (:meth:`LabelMapping.read`, a TorchIO
-reader), so every subject a source yields already holds task-local labels.
+reader), so every subject a source yields already holds task-local labels. Both readers
+check a file's header before reading its voxels (:func:`mtseg.nifti.checked_nifti`).
 """
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Iterable, Mapping, Sequence
+from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,12 +34,16 @@ import torch
 from omegaconf import OmegaConf
 
 from mtseg import CONFIG_DIR
+from mtseg.nifti import atomic_write_bytes, check_outputs, checked_nifti, is_nifti_path
 from mtseg.tasks import BACKGROUND, get_task
 
 #: Folder of the label mapping schemes (``conf/label_map``).
 SCHEME_DIR = CONFIG_DIR / "label_map"
 #: Entry of the lookup table for a source value that the mapping does not list.
 UNLISTED = -1
+#: Largest label value a file may hold (or ``dataset.json`` declare) when no mapping lists the values:
+#: every count and lookup table is indexed by value, so a corrupt value such as 2**31 must not size one.
+MAX_LABEL_VALUE = 65535
 
 
 def parse_ids(items: Iterable[int | str] | None, where: str = "label map") -> list[int]:
@@ -133,7 +140,7 @@ class LabelMapping:
 
         Raises:
             ValueError: naming ``path``, for non-integer or non-finite values or values
-                the mapping does not list.
+                the mapping does not list (without a mapping: outside ``0..MAX_LABEL_VALUE``).
         """
         values = np.asanyarray(values)
         if values.dtype.kind == "f":
@@ -141,19 +148,16 @@ class LabelMapping:
                 raise ValueError(f"{path}: label map holds NaN or infinite values")
             if not np.array_equal(values, np.round(values)):
                 raise ValueError(f"{path}: label map holds non-integer values (e.g. {values[values != np.round(values)][:3].tolist()})")
-            values = values.astype(np.int64)
         elif values.dtype.kind not in "iub":
             raise ValueError(f"{path}: label map has non-numeric type {values.dtype}")
         if values.size == 0:
             raise ValueError(f"{path}: label map is empty")
-        low, high = int(values.min()), int(values.max())
+        top = MAX_LABEL_VALUE if self.lut is None else len(self.lut) - 1
+        if values.min() < 0 or values.max() > top:
+            raise self._outside_error(path, np.unique(values[(values < 0) | (values > top)]))
+        values = values.astype(np.int64) if values.dtype.kind == "f" else values
         if self.lut is None:
-            if low < 0:
-                raise ValueError(f"{path}: negative label values (minimum {low})")
-            return values.astype(np.uint8 if high < 256 else np.int64)
-        if low < 0 or high >= len(self.lut):
-            outside = values[(values < 0) | (values >= len(self.lut))]
-            raise self._outside_error(path, np.unique(outside))
+            return values.astype(np.uint8 if values.max() < 256 else np.int64)
         mapped = self.lut[values]
         if mapped.min() == UNLISTED:
             raise self._outside_error(path, np.unique(values[mapped == UNLISTED]))
@@ -162,13 +166,13 @@ class LabelMapping:
     def _outside_error(self, path: str | Path, values: np.ndarray) -> ValueError:
         shown = values[:20].tolist()
         more = f" and {len(values) - 20} more" if len(values) > 20 else ""
-        return ValueError(f"{path}: label values {shown}{more} are outside the label mapping ({self.description})")
+        allowed = f"the label mapping ({self.description})" if self.lut is not None else f"0..{MAX_LABEL_VALUE}"
+        return ValueError(f"{path}: label values {shown}{more} are outside {allowed}")
 
     def read(self, path: str | Path) -> tuple[torch.Tensor, np.ndarray]:
         """TorchIO reader of a label file: mapped labels ``(1, X, Y, Z)`` (uint8) and the affine."""
-        image = nib.load(str(path))
-        data = np.asanyarray(image.dataobj)
-        return torch.from_numpy(self.apply(require_3d(data, path), path))[None], image.affine
+        data, affine = read_voxels(path)
+        return torch.from_numpy(self.apply(data, path))[None], affine
 
 
 def require_3d(data: np.ndarray, path: str | Path) -> np.ndarray:
@@ -180,11 +184,27 @@ def require_3d(data: np.ndarray, path: str | Path) -> np.ndarray:
     return data
 
 
+def read_voxels(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """The 3-D voxels and the affine of the NIfTI file ``path``, read once its header has passed
+    :func:`mtseg.nifti.checked_nifti` (so a header declaring more than the file holds is refused unread).
+
+    Raises:
+        FileNotFoundError: The file does not exist.
+        ValueError: Naming ``path``: not NIfTI, a header that :func:`~mtseg.nifti.checked_nifti`
+            refuses, or voxel data that cannot be read (e.g. corrupt gzip data).
+    """
+    nifti = checked_nifti(path)
+    try:
+        data = np.asanyarray(nifti.dataobj)
+    except (OSError, EOFError, zlib.error, ValueError) as error:
+        raise ValueError(f"{path}: cannot be read as NIfTI ({type(error).__name__}: {error})") from None
+    return require_3d(data, path), nifti.affine
+
+
 def read_scalar_image(path: str | Path) -> tuple[torch.Tensor, np.ndarray]:
-    """TorchIO reader of an intensity image: float32 ``(1, X, Y, Z)`` and the affine; non-3-D is an error."""
-    image = nib.load(str(path))
-    data = require_3d(np.asanyarray(image.dataobj), path)
-    return torch.from_numpy(np.asarray(data, dtype=np.float32))[None], image.affine
+    """TorchIO reader of an intensity image: float32 ``(1, X, Y, Z)`` and the affine (see :func:`read_voxels`)."""
+    data, affine = read_voxels(path)
+    return torch.from_numpy(np.asarray(data, dtype=np.float32))[None], affine
 
 
 def scheme_path(name: str) -> Path:
@@ -205,20 +225,42 @@ def load_scheme(name: str) -> tuple[str, LabelMapping]:
     return task, LabelMapping.from_config(cfg, get_task(task).classes, name)
 
 
-def convert_label_file(mapping: LabelMapping, source: str | Path, target: str | Path) -> np.ndarray:
-    """Write the mapped labels of ``source`` to ``target`` (uint8, same affine and header); return the counts per label.
+def convert_label_file(mapping: LabelMapping, source: str | Path, target: str | Path, overwrite: bool = False) -> np.ndarray:
+    """Write the mapped labels of ``source`` to ``target`` (uint8, same affine); return the counts per label.
 
-    The output is written to a temporary file next to ``target`` and renamed, so a
-    failed conversion leaves nothing behind.
+    Everything is checked before anything is written: ``target`` is a NIfTI name, is not
+    ``source`` itself (by path, symbolic or hard link) and replaces an existing file only with
+    ``overwrite`` (:func:`mtseg.nifti.check_outputs`); ``source`` is read through
+    :func:`read_voxels` and mapped. The output is written atomically
+    (:func:`mtseg.nifti.atomic_write_bytes`), so a failure (a full disk, a signal) leaves
+    nothing behind, not even a folder created for it.
+
+    Raises:
+        FileNotFoundError: ``source`` does not exist.
+        ValueError: Naming the file, for any of the checks above.
+        OSError: Naming ``target``, when it cannot be written.
     """
     source, target = Path(source), Path(target)
     if not source.is_file():
-        raise ValueError(f"{source}: no such label file")
-    image = nib.load(str(source))
-    mapped = mapping.apply(require_3d(np.asanyarray(image.dataobj), source), source)
-    out = nib.Nifti1Image(mapped, image.affine)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    partial = target.with_name(f".{target.name}.partial{''.join(target.suffixes)}")
-    nib.save(out, str(partial))
-    partial.replace(target)
-    return np.bincount(mapped.ravel(), minlength=mapping.n_labels or 0)
+        raise FileNotFoundError(f"{source}: no such label file")
+    if not is_nifti_path(target):
+        raise ValueError(f"output {target}: the name must end in .nii or .nii.gz")
+    if target.is_dir():
+        raise ValueError(f"output {target} is a folder")
+    check_outputs([target], {"input label file": source}, overwrite)
+    data, affine = read_voxels(source)
+    mapped = mapping.apply(data, source)
+    counts = np.bincount(mapped.ravel(), minlength=mapping.n_labels or 0)
+    out = nib.Nifti1Image(mapped, affine)
+    created = [folder for folder in (target.parent, *target.parent.parents) if not folder.exists()]
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(target, lambda temporary: nib.save(out, temporary))
+    except OSError as error:
+        raise OSError(error.errno, f"cannot be written ({error.strerror or error})", str(target)) from None
+    finally:
+        if not target.is_file():
+            for folder in created:  # deepest first
+                with suppress(OSError):
+                    folder.rmdir()
+    return counts

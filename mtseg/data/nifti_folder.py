@@ -98,17 +98,20 @@ def csv_cases(path: Path) -> list[Case]:
     """Cases listed in a CSV with columns ``image``, ``label`` and optionally ``split``."""
     if not path.is_file():
         raise ValueError(f"{path}: CSV file not found")
-    with path.open(newline="") as handle:
-        reader = csv.DictReader(handle)
-        columns = set(reader.fieldnames or [])
-        if not {"image", "label"} <= columns:
-            raise ValueError(f"{path}: a data set CSV needs the columns image, label (and optionally split); found {sorted(columns)}")
-        rows = list(reader)
+    try:
+        with path.open(newline="") as handle:
+            reader = csv.DictReader(handle)
+            columns = set(reader.fieldnames or [])
+            rows = list(reader)
+    except (csv.Error, UnicodeDecodeError) as error:
+        raise ValueError(f"{path}: not a readable CSV file ({error})") from None
+    if not {"image", "label"} <= columns:
+        raise ValueError(f"{path}: a data set CSV needs the columns image, label (and optionally split); found {sorted(columns)}")
     if not rows:
         raise ValueError(f"{path}: the CSV lists no images")
     cases = []
     for line, row in enumerate(rows, start=2):
-        image, label = path.parent / row["image"], path.parent / (row["label"] or "")
+        image, label = path.parent / (row["image"] or ""), path.parent / (row["label"] or "")
         split = (row.get("split") or "").strip() or None
         if split is not None and split not in SPLITS:
             raise ValueError(f"{path}, line {line}: split must be train or test, got {split!r}")

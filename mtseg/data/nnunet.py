@@ -27,8 +27,8 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from mtseg.data.label_mapping import UNLISTED, LabelMapping
-from mtseg.data.split import Case
+from mtseg.data.label_mapping import MAX_LABEL_VALUE, UNLISTED, LabelMapping
+from mtseg.data.split import Case, read_json
 
 DATASET_JSON = "dataset.json"
 SUPPORTED_ENDINGS = (".nii.gz", ".nii")
@@ -64,47 +64,72 @@ def is_nnunet_folder(path: str | Path) -> bool:
 
 
 def read_dataset_json(root: str | Path) -> NnUNetDataset:
-    """Parse and check ``root/dataset.json``."""
+    """Parse and check ``root/dataset.json``; keys other than the four read here are ignored.
+
+    Raises:
+        ValueError: Naming ``dataset.json`` and the key: not JSON, a key missing or of the
+            wrong type, or a region-based ``labels`` (lists of values), which mtseg does not read.
+    """
     root = Path(root)
     if not root.is_dir():
         raise ValueError(f"{root}: nnU-Net data set folder not found")
     path = root / DATASET_JSON
     if not path.is_file():
         raise ValueError(f"{path}: missing; an nnU-Net v2 raw data set needs dataset.json")
-    try:
-        content = json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{path}: not valid JSON ({error})") from None
+    content = read_json(path)
+    if not isinstance(content, dict):
+        raise ValueError(f"{path}: must hold a JSON object, got {type(content).__name__}")
     missing = [k for k in ("channel_names", "labels", "numTraining", "file_ending") if k not in content]
     if missing:
         raise ValueError(f"{path}: missing key(s) {missing}")
-    try:
-        channels = {int(k): str(v) for k, v in dict(content["channel_names"]).items()}
-    except (TypeError, ValueError):
-        raise ValueError(f"{path}: channel_names must map channel indices to names") from None
+    names = content["channel_names"]
+    if not isinstance(names, dict) or not all(key.strip().isdigit() for key in names):
+        raise ValueError(f'{path}: channel_names must map channel indices to names (e.g. {{"0": "T1"}}), got {names!r:.80}')
+    channels = {int(k): str(v) for k, v in names.items()}
     if sorted(channels) != list(range(len(channels))) or not channels:
         raise ValueError(f"{path}: channel_names must be numbered 0..C-1, got {sorted(channels)}")
+    if not isinstance(content["labels"], dict):
+        raise ValueError(f'{path}: labels must map label names to values (e.g. {{"background": 0, "tumour": 1}}), got {content["labels"]!r:.80}')
     labels = {}
-    for name, value in dict(content["labels"]).items():
+    for name, value in content["labels"].items():
         if isinstance(value, (list, tuple)):
-            raise ValueError(f"{path}: label {name!r} is a region ({value}); region-based labels are not supported")
-        labels[str(name)] = int(value)
+            raise ValueError(
+                f"{path}: label {name!r} is a region ({value}); region-based labels are not supported, "
+                "declare one value per label"
+            )
+        if not _is_count(value) or value > MAX_LABEL_VALUE:
+            raise ValueError(f"{path}: label {name!r} has value {value!r}; label values are integers 0..{MAX_LABEL_VALUE}")
+        labels[str(name)] = value
     if labels.get("background") != 0:
         raise ValueError(f"{path}: labels must declare background as 0")
     if len(set(labels.values())) != len(labels):
         raise ValueError(f"{path}: labels declare a value twice: {labels}")
-    ending = str(content["file_ending"])
+    if not _is_count(content["numTraining"]):
+        raise ValueError(f"{path}: numTraining must be the number of training cases, got {content['numTraining']!r}")
+    ending = content["file_ending"]
     if ending not in SUPPORTED_ENDINGS:
         raise ValueError(f"{path}: file_ending {ending!r} is not supported; mtseg reads {', '.join(SUPPORTED_ENDINGS)}")
-    return NnUNetDataset(root, channels, labels, int(content["numTraining"]), ending)
+    return NnUNetDataset(root, channels, labels, content["numTraining"], ending)
+
+
+def _is_count(value) -> bool:
+    """Whether a JSON value is a non-negative integer (``true`` and ``1.0`` are not)."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _files(folder: Path) -> list[Path]:
+    """The files of ``folder``, hidden ones skipped; anything else (a sub-folder) is an error."""
+    paths = [path for path in sorted(folder.iterdir()) if not path.name.startswith(".")]
+    for path in paths:
+        if not path.is_file():
+            raise ValueError(f"{path}: not a file; {folder} holds only NIfTI files")
+    return paths
 
 
 def _images_by_case(folder: Path, dataset: NnUNetDataset) -> dict[str, dict[int, Path]]:
     pattern = re.compile(rf"^(?P<case>.+)_(?P<channel>\d{{4}}){re.escape(dataset.file_ending)}$")
     cases: dict[str, dict[int, Path]] = {}
-    for path in sorted(folder.iterdir()):
-        if path.name.startswith("."):
-            continue
+    for path in _files(folder):
         match = pattern.match(path.name)
         if match is None:
             raise ValueError(
@@ -125,9 +150,7 @@ def _images_by_case(folder: Path, dataset: NnUNetDataset) -> dict[str, dict[int,
 
 def _labels(folder: Path, dataset: NnUNetDataset) -> dict[str, Path]:
     labels = {}
-    for path in sorted(folder.iterdir()):
-        if path.name.startswith("."):
-            continue
+    for path in _files(folder):
         if not path.name.endswith(dataset.file_ending):
             raise ValueError(f"{path}: label file does not end in {dataset.file_ending} ({dataset.json_path})")
         labels[path.name[: -len(dataset.file_ending)]] = path

@@ -16,7 +16,7 @@ of six is sampled as often as a class found in all six.
 
 from __future__ import annotations
 
-from collections.abc import Generator
+from collections.abc import Generator, Iterator
 
 import numpy as np
 import torch
@@ -146,16 +146,80 @@ def draw_balanced_centres(subject: tio.Subject, n: int, generator: torch.Generat
     return centres[order], labels[order]
 
 
-class MinibatchStream(IterableDataset):
-    """A stream of training mini-batches: ``length`` of them (the run's steps), or endless when ``None``."""
+def seeded_generator(seed: int, *keys: int) -> torch.Generator:
+    """A generator seeded by ``seed`` and ``keys``, independent of every other combination."""
+    state = np.random.SeedSequence([seed, *keys]).generate_state(2, dtype=np.uint32)
+    return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
 
-    def __init__(self, length: int | None = None):
+
+#: What a random generator is for; part of its seed (1 was the former validation draw).
+SAMPLING, TASK_SPLIT, QUEUE_SHUFFLE = 0, 2, 3
+
+
+class MinibatchStream(IterableDataset):
+    """A stream of training mini-batches, each a function of (seed, its step) only.
+
+    The stream yields the mini-batches of steps ``start .. length - 1`` (endless when
+    ``length`` is ``None``). It is cut into segments of ``segment`` steps (one evaluation
+    interval; the whole run when ``None``): each segment draws from fresh queues
+    (``new_queues(k)`` for segment ``k``, their samplers seeded by ``(seed, k)``), and TorchIO's
+    own shuffles use a random state of the stream's, seeded by ``(seed, k)`` and kept apart
+    from the process's. A run resumed at step ``s`` therefore gets exactly the mini-batches
+    that the uninterrupted run got: the segment of ``s`` is replayed from its start (at most
+    one evaluation interval of sampling, no training), the rest is drawn as usual.
+
+    Args:
+        new_queues: ``new_queues(k)``: the task's TorchIO queues of segment ``k``.
+        length: The run's steps, or ``None`` for an endless stream.
+        start: The first step to yield (a resumed run's ``global_step``).
+        segment: Steps per segment, or ``None`` for one segment.
+        seed: The run's seed.
+    """
+
+    def __init__(self, new_queues, length: int | None = None, start: int = 0, segment: int | None = None, seed: int = 0):
+        if segment is not None and segment < 1:
+            raise ValueError(f"segment must be positive or None, got {segment}")
+        self.new_queues = new_queues
         self.length = length
+        self.start = start
+        self.segment = segment
+        self.seed = seed
 
     def __len__(self) -> int:
+        """The run's steps (``length``), also when resumed: Lightning counts a resumed epoch's batches
+        from the restored step, so it expects exactly the ``length - start`` batches yielded."""
         if self.length is None:
             raise TypeError("an endless stream of mini-batches has no length")
         return self.length
+
+    def draw(self, queues: dict, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        """One mini-batch from the segment's ``queues``; ``generator`` is the segment's own."""
+        raise NotImplementedError
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        step, current = self.start, None
+        while self.length is None or step < self.length:
+            k = step // self.segment if self.segment else 0
+            if k != current:
+                current, generator = k, seeded_generator(self.seed, TASK_SPLIT, k)
+                state = seeded_generator(self.seed, QUEUE_SHUFFLE, k).get_state()
+                queues, state = self._private(lambda: self.new_queues(k), state)  # TorchIO draws when it builds a queue
+                for _ in range(k * (self.segment or 0), step):  # replay the segment up to a resumed step
+                    _, state = self._private(lambda: self.draw(queues, generator), state)
+            batch, state = self._private(lambda: self.draw(queues, generator), state)
+            yield batch
+            step += 1
+
+    @staticmethod
+    def _private(call, state: torch.Tensor):
+        """``call()`` with the process's torch random state swapped for the stream's ``state``;
+        returns its result and the stream's new state."""
+        outer = torch.get_rng_state()
+        torch.set_rng_state(state)
+        try:
+            return call(), torch.get_rng_state()
+        finally:
+            torch.set_rng_state(outer)
 
 
 class ClassBalancedTriplanarSampler(RandomSampler):

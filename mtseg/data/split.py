@@ -53,13 +53,18 @@ def _ids(value, where: str) -> list[str] | None:
     return [str(v) for v in value]
 
 
+def read_json(path: Path):
+    """The content of the JSON file ``path``; a ValueError naming it when it is not JSON."""
+    try:
+        return json.loads(path.read_bytes())
+    except (ValueError, RecursionError) as error:  # JSONDecodeError, UnicodeDecodeError, nesting too deep
+        raise ValueError(f"{path}: not valid JSON ({error})") from None
+
+
 def _lists_from_file(path: Path) -> tuple[list[str] | None, list[str] | None]:
     if not path.is_file():
         raise ValueError(f"{path}: split file not found")
-    try:
-        content = json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{path}: not valid JSON ({error})") from None
+    content = read_json(path)
     if not isinstance(content, dict) or not set(content) & set(SPLITS) or set(content) - set(SPLITS):
         raise ValueError(f'{path}: a split file is a JSON object with "train" and/or "test" lists of case IDs')
     return _ids(content.get("train"), f"{path}: train"), _ids(content.get("test"), f"{path}: test")
