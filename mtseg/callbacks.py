@@ -91,18 +91,19 @@ class EvaluationTimer(L.Callback):
             self._start = None
 
 
-class SaveOnSigterm(L.Callback):
-    """Save ``path`` (the run's ``last.ckpt``) when the run is stopped by SIGTERM.
+class SaveOnInterrupt(L.Callback):
+    """Save ``path`` (the run's ``last.ckpt``) when the run is stopped by SIGTERM or Ctrl+C.
 
-    Lightning turns SIGTERM into a ``SIGTERMException`` after the current step; this saves
-    the checkpoint before Lightning tears the run down, so ``ckpt_path=`` can resume it.
+    Lightning turns SIGTERM into a ``SIGTERMException`` after the current step, and stops on
+    a ``KeyboardInterrupt``; this saves the checkpoint before Lightning tears the run down,
+    so ``ckpt_path=`` can resume it.
     """
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
-        if isinstance(exception, SIGTERMException):
+        if isinstance(exception, (SIGTERMException, KeyboardInterrupt)):
             trainer.save_checkpoint(self.path)
 
 

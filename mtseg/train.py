@@ -32,7 +32,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
 from mtseg.baseline import intensity_baseline_dice
-from mtseg.callbacks import METRICS_COLUMNS, DiceCSVWriter, EvaluationTimer, SaveOnSigterm, WandbSegmentationOverlays
+from mtseg.callbacks import METRICS_COLUMNS, DiceCSVWriter, EvaluationTimer, SaveOnInterrupt, WandbSegmentationOverlays
 from mtseg.checkpoint import load_checkpoint
 from mtseg.evaluation import results_table
 from mtseg.module import MultiTaskSegmentationModule
@@ -174,7 +174,7 @@ def train(cfg: DictConfig) -> dict:
         WandbSegmentationOverlays(),
         ModelCheckpoint(dirpath=checkpoints, filename="step{step:07d}", auto_insert_metric_name=False, save_top_k=-1, save_last=True),
         curve,
-        SaveOnSigterm(checkpoints / "last.ckpt"),
+        SaveOnInterrupt(checkpoints / "last.ckpt"),
     ]
     trainer = instantiate(
         cfg.trainer,
@@ -190,7 +190,7 @@ def train(cfg: DictConfig) -> dict:
         start = time.perf_counter()
         try:
             trainer.fit(module, datamodule=datamodule, ckpt_path=resume, weights_only=True)
-        except SIGTERMException:  # SaveOnSigterm wrote last.ckpt
+        except SIGTERMException:  # SaveOnInterrupt wrote last.ckpt
             print(
                 f"Stopped by SIGTERM at step {trainer.global_step} of {steps}; saved {checkpoints / 'last.ckpt'}. "
                 f"Resume with: python -m mtseg.train +experiment={cfg.experiment} ckpt_path={checkpoints / 'last.ckpt'} "

@@ -16,20 +16,20 @@ from tests.test_train import TINY, learning_curve, run_train
 KILLED_AT = """
 import os, signal, sys
 from mtseg import callbacks
-step = int(sys.argv.pop(1))
+step, signum = int(sys.argv.pop(1)), getattr(signal, sys.argv.pop(1))
 def kill(self, trainer, *args):
     if trainer.global_step == step:
-        os.kill(os.getpid(), signal.SIGTERM)
-callbacks.SaveOnSigterm.on_train_batch_end = kill
+        os.kill(os.getpid(), signum)
+callbacks.SaveOnInterrupt.on_train_batch_end = kill
 import runpy
 sys.argv[0] = "mtseg.train"
 runpy.run_module("mtseg.train", run_name="__main__")
 """
 
 
-def killed_run(tmp_path, step, *overrides):
+def killed_run(tmp_path, step, *overrides, signal_name="SIGTERM"):
     env = os.environ | {"WANDB_MODE": "disabled", "MTSEG_DATA_DIR": str(tmp_path / "data"), "MTSEG_OUTPUT_DIR": str(tmp_path / "out")}
-    command = [sys.executable, "-c", KILLED_AT, str(step), *TINY, *overrides]
+    command = [sys.executable, "-c", KILLED_AT, str(step), signal_name, *TINY, *overrides]
     return subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
 
 
@@ -86,3 +86,12 @@ def test_resuming_with_other_settings_is_refused(tmp_path):
         args = [*TINY, "schedule.minibatches_per_task=2", f"ckpt_path={last}", *overrides]
         result = subprocess.run([sys.executable, "-m", "mtseg.train", *args], env=env, capture_output=True, text=True, timeout=300)
         assert result.returncode == 1 and message in result.stderr and "Traceback" not in result.stderr, result.stderr[-2000:]
+
+
+def test_ctrl_c_during_training_also_saves_last_ckpt(tmp_path):
+    stopped = killed_run(tmp_path, 3, "+experiment=breast", "schedule.minibatches_per_task=6", "hydra.run.dir=" + str(tmp_path / "run"),
+                         signal_name="SIGINT")
+    assert stopped.returncode == 1  # Lightning's status for a KeyboardInterrupt
+    last = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    assert torch.load(last, map_location="cpu", weights_only=True)["global_step"] == 3
+    assert not (tmp_path / "run" / "summary.json").exists()
