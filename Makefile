@@ -6,7 +6,8 @@ BIN := $(VENV)/bin
 # On a GPU machine: make install TORCH_SPEC="torch==2.13.0 --index-url <the CUDA wheel index from PyTorch's install page>"
 TORCH_SPEC ?= torch==2.13.0
 EXPERIMENT ?= brain_breast_cta
-EXPERIMENTS := brain,breast,cta,brain_breast,brain_cta,breast_cta,brain_breast_cta
+# every experiment of mtseg/tasks.py (the one list), evaluated when a sweep starts
+EXPERIMENTS = $(shell $(BIN)/python -c "from mtseg.tasks import EXPERIMENTS; print(','.join(EXPERIMENTS))")
 ARGS ?=
 
 .PHONY: install demo demo-paper train sweep figures test bench data-brain clean

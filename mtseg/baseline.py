@@ -138,27 +138,6 @@ class IntensityClassifier:
         return np.clip(index, 0, self.bins - 1)
 
 
-def dice_per_class(prediction: np.ndarray, reference: np.ndarray, n_classes: int) -> np.ndarray:
-    """Dice of each foreground class ``1..n_classes-1``; NaN where a class is absent from both.
-
-    Args:
-        prediction: Predicted integer labels.
-        reference: Reference integer labels, same shape.
-        n_classes: Number of classes, background included.
-
-    Returns:
-        Array of length ``n_classes - 1``.
-    """
-    prediction, reference = np.asarray(prediction), np.asarray(reference)
-    if prediction.shape != reference.shape:
-        raise ValueError(f"Prediction shape {prediction.shape} differs from reference shape {reference.shape}")
-    for name, labels in (("prediction", prediction), ("reference", reference)):
-        if labels.size and (labels.min() < 0 or labels.max() >= n_classes):
-            raise ValueError(f"{name} labels must lie in 0..{n_classes - 1}")
-    confusion = confusion_counts(torch.from_numpy(reference), torch.from_numpy(prediction), n_classes)
-    return dice_from_confusion(confusion)[1:].numpy()
-
-
 def intensity_baseline_dice(
     datamodule: MultiTaskDataModule, max_fit_voxels: int = 2_000_000, chunk: int = 8_000_000
 ) -> dict[str, dict[str, float]]:

@@ -40,7 +40,8 @@ from mtseg.data.datamodule import MultiTaskDataModule, PreparedSubjectsDataset, 
 from mtseg.data.preprocessing import build_preprocessing
 from mtseg.data.sampling import ClassBalancedTriplanarSampler
 from mtseg.data.triplanar import TriplanarVolume
-from mtseg.inference import DEFAULT_SLAB_VOXELS, dense_probabilities, patch_probabilities, segment_volume
+from mtseg.defaults import conf_defaults
+from mtseg.inference import dense_probabilities, patch_probabilities, segment_volume
 from mtseg.model import TriplanarCNN
 from mtseg.module import MultiTaskSegmentationModule
 
@@ -207,7 +208,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--dense-shape", type=int, nargs=3, default=(64, 64, 64))
     parser.add_argument("--patch-voxels", type=int, default=1024, help="voxels timed patch by patch")
     parser.add_argument("--slab", type=int, default=None, help="axial slices per slab (default: from --slab-voxels)")
-    parser.add_argument("--slab-voxels", type=int, default=DEFAULT_SLAB_VOXELS, help="voxels per slab of dense inference")
+    parser.add_argument("--slab-voxels", type=int, default=conf_defaults("evaluation/whole_image.yaml")["slab_voxels"], help="voxels per slab of dense inference")
     parser.add_argument("--large-shape", type=int, nargs=3, default=None, help="e.g. 256 256 256 (takes minutes on a CPU)")
     parser.add_argument("--inference-only", action="store_true", help="skip the pipeline and training measurements")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides of the train config, e.g. model.depth=3 or training.cube=8")

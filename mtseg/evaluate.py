@@ -40,18 +40,17 @@ def evaluation_dir(ckpt_path: str, output_dir: str | None) -> str:
     return str(run_dir / "evaluation" / path.stem)
 
 
-OmegaConf.register_new_resolver("evaluation_dir", evaluation_dir, replace=True)
-
-
-def evaluate_checkpoint(loaded: LoadedCheckpoint, datamodule, pr_thresholds: int, slab_voxels: int, keep_predictions: bool, device) -> EvaluationResult:
+def evaluate_checkpoint(
+    loaded: LoadedCheckpoint, datamodule, pr_thresholds: int, slab_voxels: int, keep_predictions: bool, device, surface_distances: bool
+) -> EvaluationResult:
     """Whole-image evaluation of ``loaded`` on every test image of the data module."""
-    evaluator = WholeImageEvaluator(loaded.label_space, pr_thresholds, keep_predictions=keep_predictions)
+    evaluator = WholeImageEvaluator(loaded.label_space, pr_thresholds, keep_predictions, surface_distances)
     net = loaded.net.to(device)
     for task in loaded.label_space.tasks:
         for subject in datamodule.subjects[task]["test"]:
             log.info("Segmenting %s image %s", task, subject["case_id"])
             image = HeldOutImage.from_subject(subject)
-            evaluator.add_volume(net, task, image.case_id, image.volume, image.reference, image.mask, slab_voxels=slab_voxels, progress=None)
+            evaluator.add_volume(net, task, image.case_id, image.volume, image.reference, image.mask, slab_voxels, image.spacing, progress=None)
     return evaluator.compute()
 
 
@@ -102,7 +101,8 @@ def evaluate(cfg: DictConfig) -> dict:
     loaded = load_checkpoint(cfg.ckpt_path)
     datamodule = test_datamodule(loaded, cfg.data)
     result = evaluate_checkpoint(
-        loaded, datamodule, cfg.evaluation.pr_thresholds, cfg.evaluation.slab_voxels, cfg.write_predictions, select_device(cfg.device)
+        loaded, datamodule, cfg.evaluation.pr_thresholds, cfg.evaluation.slab_voxels, cfg.write_predictions, select_device(cfg.device),
+        cfg.surface_distances,
     )
     results = write_results(result, out_dir, loaded, datamodule, cfg.write_predictions)
     thresholds = result.thresholds()
@@ -119,14 +119,20 @@ def evaluate(cfg: DictConfig) -> dict:
 
 def summary_lines(results: dict) -> str:
     lines = [f"Whole-image evaluation of {results['checkpoint']} ({results['minibatches_per_task']:.0f} mini-batches per task)"]
-    lines.append(f"{'task':<8} {'class':<28} {'mean Dice':>10} {'median':>8} {'threshold':>10} {'confusion %':>12}")
+    lines.append(
+        f"{'task':<8} {'class':<28} {'mean Dice':>10} {'median':>8} {'HD95 mm':>8} {'ASSD mm':>8} {'threshold':>10} {'confusion %':>12}"
+    )
     for task, task_result in results["tasks"].items():
         threshold = task_result.get("threshold")
         confusion = task_result.get("cross_task_confusion_percent", {}).get("median")
         for cls, values in task_result["classes"].items():
-            mean, median = (float("nan") if v is None else v for v in (values["mean_dice"], values["median_dice"]))
+            mean, median, hd95, assd = (
+                float("nan") if v is None else v
+                for v in (values["mean_dice"], values["median_dice"], values.get("mean_hd95_mm"), values.get("mean_assd_mm"))
+            )
             lines.append(
-                f"{task:<8} {cls:<28} {mean:>10.3f} {median:>8.3f} {'argmax' if threshold is None else f'{threshold:.3f}':>10} "
+                f"{task:<8} {cls:<28} {mean:>10.3f} {median:>8.3f} {hd95:>8.2f} {assd:>8.2f} "
+                f"{'argmax' if threshold is None else f'{threshold:.3f}':>10} "
                 f"{'-' if confusion is None else f'{confusion:.4f}':>12}"
             )
     return "\n".join(lines)
@@ -152,4 +158,6 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    # conf/evaluate.yaml names its output folder with this resolver; registered here, not on import
+    OmegaConf.register_new_resolver("evaluation_dir", evaluation_dir, replace=True)
     main()

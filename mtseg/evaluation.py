@@ -27,9 +27,10 @@ import numpy as np
 import torch
 
 from mtseg.data.triplanar import TriplanarVolume
-from mtseg.inference import DEFAULT_SLAB_VOXELS, segment_volume
-from mtseg.metrics import PooledPRCurve, dice_scores
+from mtseg.inference import segment_volume
+from mtseg.metrics import PooledPRCurve, dice_scores, surface_distances
 from mtseg.model import TriplanarCNN
+from mtseg.operating_point import task_labels
 from mtseg.tasks import TASKS, LabelSpace
 
 
@@ -54,12 +55,16 @@ class ImageResult:
         dice: Dice per foreground class name (NaN where reference and prediction lack the class).
         alien_percent: Percentage of the image's voxels labelled with another task's class.
         prediction: Task-local label map (uint8) on the preprocessed grid, if kept.
+        hd95_mm, assd_mm: 95th-percentile Hausdorff and average symmetric surface distance per
+            class (mm; NaN where the reference or the prediction lacks the class), if computed.
     """
 
     case_id: str
     dice: dict[str, float]
     alien_percent: float
     prediction: torch.Tensor | None = None
+    hd95_mm: dict[str, float] | None = None
+    assd_mm: dict[str, float] | None = None
 
 
 @dataclass
@@ -91,6 +96,19 @@ class TaskResult:
         return _summary([image.dice[cls] for image in self.images])
 
     @property
+    def has_surface_distances(self) -> bool:
+        return bool(self.images) and all(image.hd95_mm is not None for image in self.images)
+
+    def _surface(self, cls: str) -> dict:
+        """Mean, median and per-image HD95 and ASSD of ``cls`` (NaN images left out of the summaries)."""
+        out = {}
+        for metric in ("hd95_mm", "assd_mm"):
+            values = {i.case_id: getattr(i, metric)[cls] for i in self.images}
+            out |= {f"{k}_{metric}": v for k, v in _summary(values.values()).items()}
+            out[f"{metric}_per_image"] = {case: None if math.isnan(v) else v for case, v in values.items()}
+        return out
+
+    @property
     def confusion_median(self) -> float:
         """Median over images of the percentage of voxels labelled with another task's class."""
         return float(np.median([image.alien_percent for image in self.images]))
@@ -101,7 +119,8 @@ class TaskResult:
             "n_images": len(self.images),
             "classes": {
                 cls: {**{f"{k}_dice": v for k, v in self.class_dice(cls).items()},
-                      "dice_per_image": {i.case_id: None if math.isnan(i.dice[cls]) else i.dice[cls] for i in self.images}}
+                      "dice_per_image": {i.case_id: None if math.isnan(i.dice[cls]) else i.dice[cls] for i in self.images},
+                      **(self._surface(cls) if self.has_surface_distances else {})}
                 for cls in self.classes
             },
         }
@@ -161,6 +180,8 @@ class EvaluationResult:
                 "case_id": image.case_id,
                 "class": cls,
                 "dice": image.dice[cls],
+                "hd95_mm": "" if image.hd95_mm is None else image.hd95_mm[cls],
+                "assd_mm": "" if image.assd_mm is None else image.assd_mm[cls],
                 "threshold": result.threshold if result.threshold is not None else "",
                 "alien_percent": image.alien_percent if multi_task else "",
             }
@@ -179,12 +200,15 @@ class WholeImageEvaluator:
         keep_predictions: Keep every task-local label map (to write NIfTIs); otherwise only
             what the metrics need (1 byte per voxel for ``argmax`` tasks, 2 bytes for
             ``pr_threshold`` tasks) is kept until :meth:`compute`.
+        surface_distances: Also compute each image's HD95 and ASSD per class
+            (:func:`mtseg.metrics.surface_distances`; ``mtseg.evaluate``, not the learning curves).
     """
 
-    def __init__(self, label_space: LabelSpace, pr_thresholds: int = 1001, keep_predictions: bool = False):
+    def __init__(self, label_space: LabelSpace, pr_thresholds: int, keep_predictions: bool = False, surface_distances: bool = False):
         self.label_space = label_space
         self.pr_thresholds = pr_thresholds
         self.keep_predictions = keep_predictions
+        self.surface_distances = surface_distances
         self._pending: dict[str, list[dict]] = {t: [] for t in label_space.tasks}
         self._curves = {
             t: PooledPRCurve(pr_thresholds) for t in label_space.tasks if TASKS[t].operating_point == "pr_threshold"
@@ -204,13 +228,14 @@ class WholeImageEvaluator:
         volume: TriplanarVolume,
         reference: torch.Tensor,
         mask: torch.Tensor,
-        slab_voxels: int = DEFAULT_SLAB_VOXELS,
+        slab_voxels: int,
+        spacing: tuple[float, float, float] = (1.0, 1.0, 1.0),
         progress: bool | None = False,
     ) -> None:
-        """Segment one preprocessed held-out image densely and add it."""
+        """Segment one preprocessed held-out image densely and add it (``spacing``: its voxels, in mm)."""
         segmentation = segment_volume(net, volume, mask, self.channels(task), progress=progress, slab_voxels=slab_voxels)
         probability = None if segmentation.probabilities is None else segmentation.probabilities[0]
-        self.add(task, case_id, segmentation.labels, reference, probability, image=volume.interior)
+        self.add(task, case_id, segmentation.labels, reference, probability, image=volume.interior, spacing=spacing)
 
     def add(
         self,
@@ -220,6 +245,7 @@ class WholeImageEvaluator:
         reference: torch.Tensor,
         probability: torch.Tensor | None = None,
         image: torch.Tensor | None = None,
+        spacing: tuple[float, float, float] = (1.0, 1.0, 1.0),
     ) -> None:
         """Add one image's dense result.
 
@@ -230,6 +256,7 @@ class WholeImageEvaluator:
             reference: ``(X, Y, Z)`` task-local reference labels.
             probability: ``(X, Y, Z)`` the task's foreground probability (``pr_threshold`` tasks).
             image: ``(X, Y, Z)`` intensities, to keep an example slice for overlays.
+            spacing: Voxel spacing (mm) of the image, for surface distances.
         """
         if labels.shape != reference.shape:
             raise ValueError(f"{case_id}: prediction {tuple(labels.shape)} and reference {tuple(reference.shape)} differ")
@@ -239,6 +266,7 @@ class WholeImageEvaluator:
             "case_id": case_id,
             "reference": reference.to(torch.uint8),
             "alien_percent": 100.0 * alien / labels.numel(),
+            "spacing": tuple(float(v) for v in spacing),
         }
         if task in self._curves:
             if probability is None:
@@ -247,7 +275,7 @@ class WholeImageEvaluator:
             entry["probability"] = probability.to(torch.float16)
             self._curves[task].update(entry["probability"], reference > 0)
         else:
-            entry["prediction"] = self.label_space.to_local(task)[labels.long()]
+            entry["prediction"] = task_labels(self.label_space, task, labels)
         if image is not None:
             entry["image"] = image
         self._pending[task].append(entry)
@@ -272,14 +300,20 @@ class WholeImageEvaluator:
                 if "prediction" in entry:
                     prediction = entry["prediction"]
                 else:
-                    prediction = (entry["probability"].float() >= result.threshold).to(torch.uint8)
+                    prediction = task_labels(self.label_space, task, probability=entry["probability"].float(), threshold=result.threshold)
                 dice = dice_scores(entry["reference"], prediction, spec.n_classes)[1:].tolist()
+                hd95 = assd = None
+                if self.surface_distances:
+                    distances = surface_distances(entry["reference"], prediction, spec.n_classes, entry["spacing"])
+                    hd95, assd = (dict(zip(spec.classes, d.tolist())) for d in distances)
                 result.images.append(
                     ImageResult(
                         entry["case_id"],
                         dict(zip(spec.classes, dice)),
                         entry["alien_percent"],
                         prediction if self.keep_predictions else None,
+                        hd95,
+                        assd,
                     )
                 )
                 if task not in self._examples and "image" in entry:
@@ -322,6 +356,7 @@ def results_table(results: Mapping[str, dict]) -> list[dict]:
                         "class": cls,
                         "mean_dice": values["mean_dice"],
                         "median_dice": values["median_dice"],
+                        **({"mean_hd95_mm": values["mean_hd95_mm"], "mean_assd_mm": values["mean_assd_mm"]} if "mean_hd95_mm" in values else {}),
                         "threshold": task_result.get("threshold"),
                         "pooled_dice": task_result.get("pooled_dice"),
                         "confusion_median_percent": task_result.get("cross_task_confusion_percent", {}).get("median"),

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import torch
 
 from mtseg.data.triplanar import TriplanarVolume
+from mtseg.defaults import conf_defaults
 from mtseg.model import TriplanarCNN
 
 
@@ -84,7 +85,6 @@ def _slab_starts(nz: int, slab: int, progress: bool | None, n_voxels: int, desc:
 
 
 #: Voxels per slab of dense inference by default (about 1.2 GB of features and activations).
-DEFAULT_SLAB_VOXELS = 3_000_000
 
 #: Volumes with at least this many voxels show a progress bar unless told otherwise
 #: (about 10 s with the paper's network on 2 CPU cores).
@@ -116,7 +116,7 @@ def segment_volume(
     slab: int | None = None,
     slice_batch: int = 4,
     progress: bool | None = None,
-    slab_voxels: int = DEFAULT_SLAB_VOXELS,
+    slab_voxels: int | None = None,
 ) -> Segmentation:
     """Label map and selected probabilities of every voxel, one slab at a time.
 
@@ -144,6 +144,8 @@ def segment_volume(
         raise ValueError(f"volume padded by {volume.radius} voxels, the network needs {net.depth}")
     nx, ny, nz = volume.shape
     if slab is None:
+        if slab_voxels is None:  # the evaluation's setting (conf/evaluation/whole_image.yaml)
+            slab_voxels = int(conf_defaults("evaluation/whole_image.yaml")["slab_voxels"])
         slab = max(1, min(nz, slab_voxels // (nx * ny)))
     if mask is not None and tuple(mask.shape) != (nx, ny, nz):
         raise ValueError(f"mask of shape {tuple(mask.shape)} does not match the volume's {volume.shape}")

@@ -1,4 +1,4 @@
-"""Dice and precision-recall operating points, computed with torchmetrics.
+"""Dice (from confusion counts), surface distances (MONAI) and precision-recall operating points.
 
 Dice of a class is ``2·TP / (2·TP + FP + FN)``; it is undefined (NaN) where neither
 the reference nor the prediction holds the class, and 0 where only one of them does.
@@ -9,7 +9,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from torchmetrics.functional.classification import multiclass_stat_scores
 
 
 def confusion_counts(reference: torch.Tensor, prediction: torch.Tensor, n_classes: int) -> torch.Tensor:
@@ -27,19 +26,14 @@ def dice_from_confusion(confusion: torch.Tensor) -> torch.Tensor:
 
 
 def dice_scores(reference: torch.Tensor, prediction: torch.Tensor, n_classes: int) -> torch.Tensor:
-    """Dice of every class ``0..n_classes-1`` between two label maps of any shape (float64, NaN where undefined).
-
-    The per-class true/false positives and false negatives come from torchmetrics'
-    ``multiclass_stat_scores`` (counted with a bincount, no one-hot volume).
-    """
+    """Dice of every class ``0..n_classes-1`` between two label maps of any shape (float64, NaN where undefined),
+    from their confusion counts (one bincount, no one-hot volume)."""
     if reference.shape != prediction.shape:
         raise ValueError(f"reference {tuple(reference.shape)} and prediction {tuple(prediction.shape)} differ in shape")
-    stats = multiclass_stat_scores(
-        prediction.reshape(-1).long(), reference.reshape(-1).long(), num_classes=n_classes, average=None, validate_args=False
-    ).double()
-    tp, fp, fn = stats[:, 0], stats[:, 1], stats[:, 3]
-    denominator = 2 * tp + fp + fn
-    return torch.where(denominator > 0, 2 * tp / denominator.clamp_min(1e-12), torch.nan)
+    for name, labels in (("prediction", prediction), ("reference", reference)):
+        if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= n_classes):
+            raise ValueError(f"{name} labels must lie in 0..{n_classes - 1}")
+    return dice_from_confusion(confusion_counts(reference, prediction, n_classes))
 
 
 @dataclass(frozen=True)
@@ -76,7 +70,7 @@ class PooledPRCurve:
         n_thresholds: Number of thresholds; 1001 gives steps of 0.001.
     """
 
-    def __init__(self, n_thresholds: int = 1001):
+    def __init__(self, n_thresholds: int):
         if n_thresholds < 2:
             raise ValueError(f"evaluation.pr_thresholds must be at least 2, got {n_thresholds}")
         self.thresholds = torch.linspace(0, 1, n_thresholds)
@@ -118,3 +112,42 @@ class PooledPRCurve:
         recall = tp / (tp + fn)
         best = 1 + int(torch.argmax(dice[1:]))
         return OperatingPoint(float(self.thresholds[best]), float(dice[best]), precision, recall, self.thresholds)
+
+
+def surface_distances(
+    reference: torch.Tensor, prediction: torch.Tensor, n_classes: int, spacing: tuple[float, float, float]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """95th-percentile Hausdorff distance and average symmetric surface distance (mm) of every
+    foreground class ``1..n_classes-1`` between two 3-D label maps, from MONAI
+    (``compute_hausdorff_distance(percentile=95)``, ``compute_average_surface_distance(symmetric=True)``)
+    with the voxel ``spacing``.
+
+    A class missing from the reference or the prediction has no surface to measure from:
+    both distances are NaN there (``null`` in JSON), as Dice is where both lack it.
+
+    Returns:
+        ``(hd95, assd)``, float64 tensors of length ``n_classes - 1``.
+    """
+    import warnings
+
+    from monai.metrics import compute_average_surface_distance, compute_hausdorff_distance
+
+    if reference.shape != prediction.shape or reference.ndim != 3:
+        raise ValueError(f"reference {tuple(reference.shape)} and prediction {tuple(prediction.shape)}: two equal 3-D shapes needed")
+    hd95 = torch.full((n_classes - 1,), torch.nan, dtype=torch.float64)
+    assd = hd95.clone()
+    spacing = [float(s) for s in spacing]
+    for c in range(1, n_classes):
+        truth, found = reference == c, prediction == c
+        if not truth.any() or not found.any():
+            continue
+        # the bounding box of both masks, one voxel wider, is all the surfaces need
+        both = torch.nonzero(truth | found)
+        low, high = (both.min(0).values - 1).clamp_min(0), both.max(0).values + 2
+        box = tuple(slice(int(a), int(b)) for a, b in zip(low, high))
+        pred, ref = found[box][None, None].float(), truth[box][None, None].float()
+        with warnings.catch_warnings():  # MONAI warns about its own deprecated internals
+            warnings.simplefilter("ignore", FutureWarning)
+            hd95[c - 1] = float(compute_hausdorff_distance(pred, ref, include_background=True, percentile=95, spacing=spacing)[0, 0])
+            assd[c - 1] = float(compute_average_surface_distance(pred, ref, include_background=True, symmetric=True, spacing=spacing)[0, 0])
+    return hd95, assd

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from mtseg.data.datamodule import HeldOutImage
 from mtseg.dense_loss import dense_loss
 from mtseg.evaluation import EvaluationResult, WholeImageEvaluator
-from mtseg.inference import DEFAULT_SLAB_VOXELS
+from mtseg.defaults import conf_defaults
 from mtseg.model import TriplanarCNN
 from mtseg.tasks import TASKS, LabelSpace
 
@@ -75,8 +75,9 @@ class MultiTaskSegmentationModule(L.LightningModule):
         self.lr = lr
         self.betas = tuple(betas)
         evaluation = dict(evaluation or {})
-        self.slab_voxels = int(evaluation.get("slab_voxels", DEFAULT_SLAB_VOXELS))
-        self.evaluator = WholeImageEvaluator(self.label_space, int(evaluation.get("pr_thresholds", 1001)))
+        evaluation = {**conf_defaults("evaluation/whole_image.yaml"), **evaluation}
+        self.slab_voxels = int(evaluation["slab_voxels"])
+        self.evaluator = WholeImageEvaluator(self.label_space, int(evaluation["pr_thresholds"]))
         #: The latest whole-image evaluation (None before the first).
         self.latest_evaluation: EvaluationResult | None = None
         #: Mean fraction of a training image's voxels that are the task's foreground (set by training).
@@ -148,7 +149,9 @@ class MultiTaskSegmentationModule(L.LightningModule):
         return loss
 
     def validation_step(self, image: HeldOutImage, batch_index: int) -> None:
-        self.evaluator.add_volume(self.net, image.task, image.case_id, image.volume, image.reference, image.mask, slab_voxels=self.slab_voxels)
+        self.evaluator.add_volume(
+            self.net, image.task, image.case_id, image.volume, image.reference, image.mask, self.slab_voxels, image.spacing
+        )
 
     def on_validation_epoch_end(self) -> None:
         self.latest_evaluation = evaluation = self.evaluator.compute()

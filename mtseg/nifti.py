@@ -19,11 +19,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 import torchio as tio
-from omegaconf import OmegaConf
+from mtseg.defaults import conf_defaults
 
-from mtseg import CONFIG_DIR
-
-NIFTI_SUFFIXES = (".nii", ".nii.gz")
+#: The file names mtseg reads and writes, the longer first (a name's suffix is stripped in this order).
+NIFTI_SUFFIXES = (".nii.gz", ".nii")
 #: Compressed bytes read at a time when a ``.nii.gz`` is measured (memory stays at a few MB).
 _GZIP_CHUNK = 1 << 20
 
@@ -43,7 +42,7 @@ class ImageLimits:
     @classmethod
     def load(cls, **overrides) -> ImageLimits:
         """The limits of ``conf/limits.yaml``, with ``overrides`` (``None`` values ignored)."""
-        values = OmegaConf.to_container(OmegaConf.load(CONFIG_DIR / "limits.yaml"))
+        values = conf_defaults("limits.yaml")
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(int(values["max_voxels"]), float(values["min_spacing_mm"]), float(values["max_spacing_mm"]))
 

@@ -22,8 +22,10 @@ from matplotlib.patches import Rectangle  # noqa: E402
 
 from mtseg.tasks import EXPERIMENTS, TASK_ORDER, TASKS  # noqa: E402
 
-#: One colour per experiment, numbered as in the paper's Fig. 1.
-EXPERIMENT_COLOURS = dict(zip(EXPERIMENTS, ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#000000")))
+#: One colour per experiment, derived from the experiment list (a fourth task needs no edit here):
+#: a qualitative matplotlib palette in the experiments' order (the paper's Fig. 1 numbering).
+_PALETTE = plt.get_cmap("tab10" if len(EXPERIMENTS) <= 10 else "tab20")
+EXPERIMENT_COLOURS = {experiment: _PALETTE(i % _PALETTE.N) for i, experiment in enumerate(EXPERIMENTS)}
 #: Label colours of the segmentation panels (index 0, background, is transparent).
 LABEL_COLOURS = ListedColormap(
     [(0, 0, 0, 0), "#e6194b", "#3cb44b", "#ffe119", "#4363d8", "#f58231", "#911eb4", "#46f0f0"]
@@ -194,6 +196,7 @@ def segmentation_panels(runs: Sequence[RunRecord], data_overrides: dict | None =
     from mtseg.data.datamodule import HeldOutImage
     from mtseg.evaluation import example_slice
     from mtseg.inference import slab_logits
+    from mtseg.operating_point import task_labels, thresholded
 
     panels: dict[str, SegmentationPanel] = {}
     images: dict[str, HeldOutImage] = {}
@@ -222,15 +225,11 @@ def segmentation_panels(runs: Sequence[RunRecord], data_overrides: dict | None =
             with torch.no_grad():
                 loaded.net.eval()
                 probabilities = slab_logits(loaded.net, image.volume, z, z + 1)[..., 0].softmax(0)
-            labels = probabilities.argmax(0)
-            labels[~image.mask[..., z]] = 0
-            threshold, _ = threshold_for(loaded, task) if TASKS[task].operating_point == "pr_threshold" else (None, "")
-            if threshold is not None:
-                channel = space.task_classes(task)[1]
-                local = ((probabilities[channel] >= threshold) & image.mask[..., z]).to(torch.uint8)
-            else:
-                local = space.to_local(task)[labels.long()]
-            panel.segmentations[run.experiment] = local.numpy()
+            outside = ~image.mask[..., z]  # as in dense inference: background outside the sampling mask
+            labels = probabilities.argmax(0).masked_fill_(outside, 0)
+            probability = probabilities[space.task_classes(task)[1]].masked_fill(outside, 0.0)
+            threshold = threshold_for(loaded, task)[0] if thresholded(task) else None
+            panel.segmentations[run.experiment] = task_labels(space, task, labels, probability, threshold).numpy()
     return [panels[t] for t in TASK_ORDER if t in panels]
 
 

@@ -27,7 +27,8 @@ class Task:
 
     Args:
         name: Short identifier used in configs, metric names and file names.
-        modality: Imaging modality, ``"mri"`` or ``"ct"``; selects preprocessing.
+        modality: Imaging modality, ``"mri"`` or ``"ct"``, stored in checkpoints (``task_modalities``);
+            the preprocessing itself is chosen in ``conf/data/<task>/`` (``/preprocessing@preprocessing: mri``).
         classes: Foreground class names; class ``i`` has task-local label ``i + 1``.
         description: One line for humans.
         operating_point: How evaluation turns probabilities into labels (paper §4):

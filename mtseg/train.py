@@ -18,7 +18,6 @@ import csv
 import logging
 import sys
 import time
-import warnings
 from pathlib import Path
 
 import hydra
@@ -34,6 +33,7 @@ from omegaconf import DictConfig, OmegaConf
 from mtseg.baseline import intensity_baseline_dice
 from mtseg.callbacks import METRICS_COLUMNS, DiceCSVWriter, EvaluationTimer, SaveOnInterrupt, WandbSegmentationOverlays
 from mtseg.checkpoint import load_checkpoint
+from mtseg.console import LineProgress, quiet_libraries
 from mtseg.evaluation import results_table
 from mtseg.module import MultiTaskSegmentationModule
 from mtseg.nifti import atomic_write_bytes
@@ -43,8 +43,6 @@ from mtseg.tasks import experiment_tasks
 
 log = logging.getLogger(__name__)
 
-# The TorchIO queue serves samples from the main process on purpose (it is >10x faster than a step).
-warnings.filterwarnings("ignore", message=".*does not have many workers.*")
 
 
 def wandb_group(cfg: DictConfig) -> str | None:
@@ -118,6 +116,7 @@ def train(cfg: DictConfig) -> dict:
     for knob in ("minibatches_per_task", "eval_every"):
         if cfg.schedule[knob] < 1:
             raise ValueError(f"schedule.{knob} must be at least 1, got {cfg.schedule[knob]}")
+    quiet_libraries()
     resume = resumed_checkpoint(cfg)
     L.seed_everything(cfg.seed, workers=True)
     if torch.cuda.is_available():
@@ -176,6 +175,9 @@ def train(cfg: DictConfig) -> dict:
         curve,
         SaveOnInterrupt(checkpoints / "last.ckpt"),
     ]
+    piped = not sys.stdout.isatty()  # Lightning's progress bar shows nothing in a pipe or a log file
+    if piped:
+        callbacks.append(LineProgress(cfg.progress_every_seconds))
     trainer = instantiate(
         cfg.trainer,
         max_steps=steps,
@@ -185,6 +187,7 @@ def train(cfg: DictConfig) -> dict:
         logger=logger if logger is not None else False,
         callbacks=callbacks,
         default_root_dir=str(run_dir),
+        **({"enable_progress_bar": False} if piped else {}),
     )
     try:
         start = time.perf_counter()

@@ -219,9 +219,9 @@ def test_a_working_grid_above_the_limit_is_refused(tmp_path, network, capsys):
 
 
 def test_sigterm_while_writing_probability_maps_leaves_nothing(tmp_path, network, scan, capsys, monkeypatch):
-    import mtseg.predict
+    import mtseg.segmenter
 
-    real, calls = mtseg.predict.write_like, []
+    real, calls = mtseg.segmenter.write_like, []
 
     def write_then_terminate(*args, **kwargs):
         real(*args, **kwargs)
@@ -229,7 +229,7 @@ def test_sigterm_while_writing_probability_maps_leaves_nothing(tmp_path, network
         if len(calls) == 2:
             os.kill(os.getpid(), signal.SIGTERM)  # as `kill` or SLURM would send it
 
-    monkeypatch.setattr(mtseg.predict, "write_like", write_then_terminate)
+    monkeypatch.setattr(mtseg.segmenter, "write_like", write_then_terminate)
     maps = tmp_path / "maps"
     err = refused(tmp_path, capsys, "--checkpoint", network, "--input", scan, "--output", tmp_path / "seg.nii.gz",
                   "--probabilities", maps, code=143)

@@ -77,7 +77,7 @@ def test_one_threshold_for_all_images_and_median_confusion():
 
 def test_undefined_dice_is_nan_and_left_out_of_the_mean():
     space = LabelSpace(["brain"])
-    evaluator = WholeImageEvaluator(space)
+    evaluator = WholeImageEvaluator(space, pr_thresholds=101)
     reference = torch.zeros(4, 4, 4, dtype=torch.uint8)
     reference[0] = 1
     evaluator.add("brain", "a", reference.clone(), reference)  # only white matter present: others NaN

@@ -85,7 +85,7 @@ def test_an_image_the_network_finds_nothing_in_is_low_confidence_not_a_crash(tmp
 
 
 def test_dominance_is_the_recognised_task_share_of_labelled_foreground():
-    from mtseg.predict import Pass
+    from mtseg.recognition import Pass
 
     mixed = Pass(("brain",), 1.0, np.eye(4), torch.zeros(1), {}, {"brain": 60, "breast": 40})
     assert mixed.recognise({})[:2] == ("brain", pytest.approx(0.6))
@@ -173,7 +173,7 @@ def test_results_go_back_to_an_oblique_anisotropic_grid_voxel_for_voxel():
 
 
 def test_recognition_weighs_dominance_by_a_plausible_foreground_fraction():
-    from mtseg.predict import Pass
+    from mtseg.recognition import Pass
 
     # a brain MR read with CT preprocessing: 22 % of its voxels called coronary artery, all of
     # that pass's foreground (dominance 1), while training CTAs hold 0.3 % coronary voxels

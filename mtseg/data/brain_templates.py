@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -38,6 +39,7 @@ from omegaconf import OmegaConf
 from mtseg import CONFIG_DIR
 from mtseg.data.label_mapping import load_scheme, scheme_path
 from mtseg.data.nnunet import write_dataset
+from mtseg.nifti import atomic_write_bytes
 
 #: The builder's configuration.
 BUILD_CONFIG = CONFIG_DIR / "build" / "brain_templates.yaml"
@@ -99,11 +101,12 @@ def unpack(wheel: Path, member: str, target_root: Path) -> Path:
         except KeyError:
             raise ValueError(f"{wheel}: has no file {member}") from None
         target.parent.mkdir(parents=True, exist_ok=True)
-        partial = target.with_name(f".{target.name}.partial")
-        with archive.open(info) as source, partial.open("wb") as out:
-            while block := source.read(1 << 20):
-                out.write(block)
-        partial.replace(target)
+
+        def copy(temporary):
+            with archive.open(info) as source, open(temporary, "wb") as out:
+                shutil.copyfileobj(source, out, 1 << 20)
+
+        atomic_write_bytes(target, copy)
     return target
 
 

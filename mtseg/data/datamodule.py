@@ -140,18 +140,26 @@ class HeldOutImage:
         volume: Padded intensities.
         reference: ``(X, Y, Z)`` task-local labels (uint8).
         mask: ``(X, Y, Z)`` voxels above the sampling threshold.
+        spacing: Voxel spacing (mm) of the preprocessed grid.
     """
 
-    def __init__(self, task: str, case_id: str, volume: TriplanarVolume, reference: torch.Tensor, mask: torch.Tensor):
+    def __init__(
+        self, task: str, case_id: str, volume: TriplanarVolume, reference: torch.Tensor, mask: torch.Tensor,
+        spacing: tuple[float, float, float] = (1.0, 1.0, 1.0),
+    ):
         self.task = task
         self.case_id = case_id
         self.volume = volume
         self.reference = reference
         self.mask = mask
+        self.spacing = spacing
 
     @classmethod
     def from_subject(cls, subject: tio.Subject) -> HeldOutImage:
-        return cls(subject["task"], subject["case_id"], subject[VOLUME], subject[LABEL].data[0], subject[SAMPLING_MASK].data[0].bool())
+        return cls(
+            subject["task"], subject["case_id"], subject[VOLUME], subject[LABEL].data[0], subject[SAMPLING_MASK].data[0].bool(),
+            tuple(float(s) for s in subject[IMAGE].spacing),
+        )
 
 
 class HeldOutImages(Dataset):

@@ -129,12 +129,6 @@ class LabelMapping:
         """Number of output labels (``None`` for a passthrough)."""
         return len(self.names) if self.lut is not None else None
 
-    def sources_of(self, label: int) -> list[int]:
-        """Source values mapped to output ``label``."""
-        if self.lut is None:
-            return [label]
-        return np.flatnonzero(self.lut == label).tolist()
-
     def apply(self, values: np.ndarray, path: str | Path = "<array>") -> np.ndarray:
         """Map an array of source labels (any integer or integer-valued float type) to output labels.
 

@@ -19,8 +19,8 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from mtseg.data.split import SPLITS, Case
+from mtseg.nifti import NIFTI_SUFFIXES
 
-NIFTI_SUFFIXES = (".nii.gz", ".nii")
 
 
 def case_id_of(path: Path) -> str | None:

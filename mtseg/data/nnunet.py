@@ -29,9 +29,9 @@ import numpy as np
 
 from mtseg.data.label_mapping import MAX_LABEL_VALUE, UNLISTED, LabelMapping
 from mtseg.data.split import Case, read_json
+from mtseg.nifti import NIFTI_SUFFIXES
 
 DATASET_JSON = "dataset.json"
-SUPPORTED_ENDINGS = (".nii.gz", ".nii")
 
 
 @dataclass(frozen=True)
@@ -107,8 +107,8 @@ def read_dataset_json(root: str | Path) -> NnUNetDataset:
     if not _is_count(content["numTraining"]):
         raise ValueError(f"{path}: numTraining must be the number of training cases, got {content['numTraining']!r}")
     ending = content["file_ending"]
-    if ending not in SUPPORTED_ENDINGS:
-        raise ValueError(f"{path}: file_ending {ending!r} is not supported; mtseg reads {', '.join(SUPPORTED_ENDINGS)}")
+    if ending not in NIFTI_SUFFIXES:
+        raise ValueError(f"{path}: file_ending {ending!r} is not supported; mtseg reads {', '.join(NIFTI_SUFFIXES)}")
     return NnUNetDataset(root, channels, labels, content["numTraining"], ending)
 
 

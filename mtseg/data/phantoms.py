@@ -38,8 +38,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,6 +48,7 @@ from scipy import ndimage
 from scipy.interpolate import CubicSpline
 from tqdm.auto import tqdm
 
+from mtseg.nifti import atomic_write_bytes
 from mtseg.tasks import get_task
 
 #: Bump whenever generated phantoms change; part of the dataset cache key.
@@ -256,7 +255,7 @@ def write_phantom_dataset(
         "subject_seeds": subject_seeds,
         "subjects": [[str(i.relative_to(folder)), str(l.relative_to(folder))] for i, l in pairs],
     }
-    _write_atomically(params_path, lambda path: path.write_text(json.dumps(record, indent=2)))
+    atomic_write_bytes(params_path, lambda path: Path(path).write_text(json.dumps(record, indent=2)))
     return pairs
 
 
@@ -275,26 +274,13 @@ def _is_complete(params_path: Path, params: dict, pairs: list[tuple[Path, Path]]
     return stored == params and all(path.is_file() for pair in pairs for path in pair)
 
 
-def _write_atomically(path: Path, write: Callable[[Path], object]) -> None:
-    """Write ``path`` via ``write(temporary_path)`` and a rename: no reader sees a partial file."""
-    suffix = "".join(path.suffixes)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
-    os.close(handle)
-    try:
-        write(Path(temporary))
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-
-
 def _save_nifti(array: np.ndarray, affine: np.ndarray, path: Path) -> None:
     image = nib.Nifti1Image(array, affine)
     image.set_qform(affine, code=1)
     image.set_sform(affine, code=1)
     image.header.set_data_dtype(array.dtype)
     image.header.set_xyzt_units("mm")
-    _write_atomically(path, lambda temporary: nib.save(image, temporary))
+    atomic_write_bytes(path, lambda temporary: nib.save(image, temporary))
 
 
 # ----------------------------------------------------------------------------------------------
