@@ -34,6 +34,7 @@ from mtseg.baseline import intensity_baseline_dice
 from mtseg.callbacks import METRICS_COLUMNS, DiceCSVWriter, EvaluationTimer, SaveOnInterrupt, WandbSegmentationOverlays
 from mtseg.checkpoint import load_checkpoint
 from mtseg.console import LineProgress, quiet_libraries
+from mtseg.experiment_configs import register_experiment_configs
 from mtseg.evaluation import results_table
 from mtseg.module import MultiTaskSegmentationModule
 from mtseg.nifti import atomic_write_bytes
@@ -241,4 +242,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    register_experiment_configs()  # +experiment=<name>, derived from mtseg.tasks (not on import)
     main()

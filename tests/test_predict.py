@@ -186,3 +186,22 @@ def test_recognition_weighs_dominance_by_a_plausible_foreground_fraction():
     assert task == "cta" and dominance == 1.0 and plausibility == pytest.approx(0.003 / 0.22)
     assert mri.recognise(expected)[1] * mri.recognise(expected)[2] > dominance * plausibility
     assert ct.recognise({})[2] == 1.0  # without training statistics, dominance alone
+
+
+def test_the_python_api_gives_the_command_line_result_voxel_for_voxel(tmp_path, breast_network):
+    from mtseg import Segmenter
+
+    image = oblique_anisotropic_image(tmp_path / "scan.nii.gz")
+    assert main(["--checkpoint", str(breast_network), "--input", str(image), "--output", str(tmp_path / "cli.nii.gz")]) == 0
+    segmenter = Segmenter.from_checkpoint(breast_network, device="cpu")
+    for source in (image, nib.load(image)):  # a path or a nibabel image
+        result = segmenter.segment(source)
+        cli = nib.load(tmp_path / "cli.nii.gz")
+        assert result.task == "breast" and result.recognition["task"] == json.loads((tmp_path / "cli.json").read_text())["task"]
+        assert np.array_equal(result.labels.numpy(), np.asarray(cli.dataobj)) and np.array_equal(result.affine, cli.affine)
+    written = result.save(tmp_path / "api.nii.gz")
+    assert [p.name for p in written] == ["api.json", "api.nii.gz"]
+    assert np.array_equal(np.asarray(nib.load(tmp_path / "api.nii.gz").dataobj), np.asarray(nib.load(tmp_path / "cli.nii.gz").dataobj))
+    pinned = segmenter.segment(image, task="brain", probabilities=True)
+    assert pinned.task == "brain" and set(pinned.probabilities) == set(pinned.class_names)
+    assert pinned.probabilities["background"].shape == pinned.labels.shape

@@ -121,6 +121,12 @@ def test_evaluate_repeats_the_final_evaluation_and_writes_predictions_on_the_inp
     with (out / "per_image.csv").open() as handle:
         rows = list(csv.DictReader(handle))
     assert len(rows) == 2 * 6 + 1 + 1
+    # surface distances beside Dice: null (empty) exactly where a class is missing from one of the maps
+    for row in rows:
+        assert ("hd95_mm" in row and "assd_mm" in row) and (row["hd95_mm"] == "nan") == (row["assd_mm"] == "nan")
+        assert row["hd95_mm"] == "nan" or min(float(row["hd95_mm"]), float(row["assd_mm"])) >= 0
+    pectoral = results["tasks"]["breast"]["classes"]["pectoral_muscle"]
+    assert {"mean_hd95_mm", "median_assd_mm", "hd95_mm_per_image", "assd_mm_per_image"} <= set(pectoral)
     thresholds = json.loads((run / "checkpoints" / "last.thresholds.json").read_text())["thresholds"]
     assert thresholds == {t: results["tasks"][t]["threshold"] for t in ("breast", "cta")}
     written = sorted((out / "predictions").rglob("*.nii.gz"))
@@ -244,3 +250,15 @@ def test_evaluate_rejects_a_checkpoint_not_written_by_mtseg(tmp_path):
     assert result.returncode == 1
     assert "not an mtseg checkpoint" in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "out" / "results.json").exists()
+
+
+def test_a_piped_run_shows_its_progress_and_no_library_noise(tmp_path):
+    env = os.environ | {"WANDB_MODE": "offline", "MTSEG_DATA_DIR": str(tmp_path / "data"), "MTSEG_OUTPUT_DIR": str(tmp_path / "out")}
+    command = [sys.executable, "-m", "mtseg.train", *TINY, "+experiment=breast", "schedule.minibatches_per_task=2",
+               "progress_every_seconds=0", "hydra.run.dir=" + str(tmp_path / "run")]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)  # a pipe, as `| tee log`
+    assert result.returncode == 0, result.stderr[-3000:]
+    console = result.stdout + result.stderr
+    for noise in ("Tip:", "litlogger", "deprecated", "anonymous setting", "IterableDataset", "does not have many workers"):
+        assert noise not in console, f"{noise!r} printed:\n{console[-3000:]}"
+    assert "step 1/2 (1 mini-batches per task), loss " in result.stdout and "step 2/2" in result.stdout
