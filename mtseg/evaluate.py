@@ -71,7 +71,7 @@ def write_results(result: EvaluationResult, out_dir: Path, loaded: LoadedCheckpo
     results = {
         "checkpoint": str(loaded.path),
         "global_step": loaded.global_step,
-        "minibatches_per_task": loaded.global_step / len(loaded.label_space.tasks),
+        "minibatches_per_task": loaded.module.minibatches_per_task(loaded.global_step),  # the training mode's unit
         **result.to_dict(),
     }
     text = json.dumps(results, indent=2, allow_nan=False, default=lambda v: None)

@@ -117,7 +117,7 @@ def test_evaluate_repeats_the_final_evaluation_and_writes_predictions_on_the_inp
     for task, classes in summary["dice"].items():
         for cls, dice in classes.items():
             assert results["tasks"][task]["classes"][cls]["mean_dice"] == pytest.approx(dice, abs=1e-9, nan_ok=True) or dice is None
-    assert results["global_step"] == 12
+    assert results["global_step"] == 12 and results["minibatches_per_task"] == 4  # 3 tasks: 3 steps per mini-batch per task
     with (out / "per_image.csv").open() as handle:
         rows = list(csv.DictReader(handle))
     assert len(rows) == 2 * 6 + 1 + 1
@@ -203,6 +203,7 @@ def test_dense_training_is_reproducible_and_its_checkpoint_is_evaluated_like_any
     out = tmp_path / "evaluation"
     run_module("mtseg.evaluate", f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}", f"output_dir={out}")
     results = json.loads((out / "results.json").read_text())
+    assert results["minibatches_per_task"] == 4  # dense: one step per mini-batch per task
     for task in ("breast", "cta"):
         (cls,) = summary["dice"][task]
         assert results["tasks"][task]["classes"][cls]["mean_dice"] == pytest.approx(summary["dice"][task][cls], abs=1e-9)
