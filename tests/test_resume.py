@@ -17,6 +17,7 @@ KILLED_AT = """
 import os, signal, sys
 from mtseg import callbacks
 step, signum = int(sys.argv.pop(1)), getattr(signal, sys.argv.pop(1))
+signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal (a background job inherits SIGINT ignored)
 def kill(self, trainer, *args):
     if trainer.global_step == step:
         os.kill(os.getpid(), signum)
