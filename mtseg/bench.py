@@ -36,7 +36,7 @@ from mtseg import CONFIG_DIR
 from omegaconf import OmegaConf
 
 from mtseg.data.cube_sampling import IGNORE
-from mtseg.data.datamodule import MultiTaskDataModule, PreparedSubjectsDataset, prepare_subject
+from mtseg.data.datamodule import MultiTaskDataModule, prepare_subject, sampling_queue
 from mtseg.data.preprocessing import build_preprocessing
 from mtseg.data.sampling import ClassBalancedTriplanarSampler
 from mtseg.data.triplanar import TriplanarVolume
@@ -259,13 +259,7 @@ def time_pipeline_and_training(args: argparse.Namespace, cfg, tasks: list[str], 
     prepare_seconds = time.perf_counter() - start
     del subject
     sampler = ClassBalancedTriplanarSampler(cfg.model.depth, block_size=cfg.data.queue.samples_per_volume)
-    queue = tio.Queue(
-        PreparedSubjectsDataset([prepared]),
-        max_length=cfg.data.queue.max_length,
-        samples_per_volume=cfg.data.queue.samples_per_volume,
-        sampler=sampler,
-        num_workers=0,
-    )
+    queue = sampling_queue([prepared], sampler, cfg.data.queue.max_length, cfg.data.queue.samples_per_volume)
     n = args.refills * min(cfg.data.queue.max_length, cfg.data.queue.samples_per_volume)
     start = time.perf_counter()
     for _ in range(n):

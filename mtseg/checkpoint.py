@@ -65,6 +65,25 @@ def instantiate_checked(config: Any, where: str, **kwargs):
     return instantiate(config, **kwargs)
 
 
+def with_stored_configs(meta: Any, hparams: dict) -> Any:
+    """The ``mtseg`` entry with each task's preprocessing and the data config, which a checkpoint
+    stores once, among the module's hyper-parameters (``preprocessing``, and ``data`` without the
+    tasks' preprocessing). Checkpoints of earlier versions carry both in the entry itself."""
+    if not isinstance(meta, dict):
+        return meta
+    meta = dict(meta)
+    preprocessing = hparams.get("preprocessing")
+    if "preprocessing" not in meta and isinstance(preprocessing, dict):
+        meta["preprocessing"] = preprocessing
+    data = hparams.get("data")
+    if "data" not in meta and isinstance(data, dict):
+        meta["data"] = {
+            key: {**value, "preprocessing": preprocessing[key]} if isinstance(value, dict) and key in (preprocessing or {}) else value
+            for key, value in data.items()
+        }
+    return meta
+
+
 def _check_meta(meta: Any, path: Path) -> None:
     """The ``mtseg`` entry holds what predict and evaluate read, of the right kinds."""
 
@@ -149,15 +168,15 @@ def load_checkpoint(path: str | Path) -> LoadedCheckpoint:
             f"{path} is not an mtseg checkpoint: it has no '{CHECKPOINT_KEY}' entry "
             "(use a checkpoints/*.ckpt file written by python -m mtseg.train)"
         )
-    meta = checkpoint[CHECKPOINT_KEY]
+    hparams = checkpoint.get("hyper_parameters")
+    if not isinstance(hparams, dict):
+        raise ValueError(f"{path}: it stores no hyper_parameters to rebuild the network from")
+    meta = with_stored_configs(checkpoint[CHECKPOINT_KEY], hparams)
     _check_meta(meta, path)
     try:
         label_space = LabelSpace.from_dict(meta)
     except (KeyError, ValueError, TypeError) as error:
         raise ValueError(f"{path}: its tasks or classes are not this mtseg's ({error})") from None
-    hparams = checkpoint.get("hyper_parameters")
-    if not isinstance(hparams, dict):
-        raise ValueError(f"{path}: it stores no hyper_parameters to rebuild the network from")
     try:
         module = MultiTaskSegmentationModule(**hparams)
         module.load_state_dict(checkpoint["state_dict"])

@@ -10,6 +10,8 @@ from dataclasses import dataclass
 
 import torch
 
+from mtseg.tasks import check_label_range
+
 
 def confusion_counts(reference: torch.Tensor, prediction: torch.Tensor, n_classes: int) -> torch.Tensor:
     """``(n_classes, n_classes)`` counts, rows the reference class, columns the predicted one."""
@@ -31,8 +33,7 @@ def dice_scores(reference: torch.Tensor, prediction: torch.Tensor, n_classes: in
     if reference.shape != prediction.shape:
         raise ValueError(f"reference {tuple(reference.shape)} and prediction {tuple(prediction.shape)} differ in shape")
     for name, labels in (("prediction", prediction), ("reference", reference)):
-        if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= n_classes):
-            raise ValueError(f"{name} labels must lie in 0..{n_classes - 1}")
+        check_label_range(labels, n_classes, name)
     return dice_from_confusion(confusion_counts(reference, prediction, n_classes))
 
 

@@ -45,7 +45,8 @@ class MultiTaskSegmentationModule(L.LightningModule):
         pad_value: Normalised intensity outside the volume used in training.
         evaluation: ``pr_thresholds`` (thresholds of the PR analysis) and ``slab_voxels``
             (voxels per slab of dense inference).
-        data: The data config, stored so a checkpoint can be evaluated on the same test sets.
+        data: The data config without the tasks' ``preprocessing`` (stored once, above), so a checkpoint
+            can be evaluated on the same test sets.
         training: The training mode's config (``conf/training``), stored with checkpoints.
         schedule: The run's ``conf/schedule`` and ``seed``: stored with checkpoints, so that a resumed run
             can check that it continues the same schedule.
@@ -182,10 +183,8 @@ class MultiTaskSegmentationModule(L.LightningModule):
             "task_modalities": {t: TASKS[t].modality for t in self.label_space.tasks},
             "n_params": self.n_params,
             "patch_size": self.net.patch_size,
-            "preprocessing": self.hparams.preprocessing,
             "pad_value": self.hparams.pad_value,
             "foreground_fraction": dict(self.foreground_fraction),
-            "data": self.hparams.data,
             "training": self.hparams.training,
             "wandb_run_id": self.wandb_run_id,
             # PR operating points of the evaluation just before this save (same weights)

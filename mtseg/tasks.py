@@ -104,6 +104,22 @@ def experiment_tasks(name: str) -> tuple[str, ...]:
         ) from None
 
 
+def check_label_range(labels: torch.Tensor, n_classes: int | None, where: str, task: str | None = None) -> None:
+    """Raise a ``ValueError`` naming ``where`` and every value of ``labels`` outside ``0..n_classes-1``
+    (without ``n_classes``: every negative value). One pass for the minimum and maximum; the values are
+    listed only when some are out of range."""
+    if not labels.numel():
+        return
+    low, high = int(labels.min()), int(labels.max())
+    if low >= 0 and (n_classes is None or high < n_classes):
+        return
+    found = torch.unique(labels)
+    bad = found[(found < 0) | (found >= n_classes)] if n_classes is not None else found[found < 0]
+    allowed = f"0..{n_classes - 1}" if n_classes is not None else "0 and above"
+    of = f" of task {task!r} ({', '.join(TASKS[task].classes)})" if task in TASKS else ""
+    raise ValueError(f"{where}: label values {bad.tolist()} outside {allowed}{of}")
+
+
 @dataclass(frozen=True)
 class LabelSpace:
     """The merged output classes of a network trained on ``tasks``.

@@ -92,6 +92,15 @@ def _plain(value):
     return value
 
 
+def data_without_preprocessing(data: DictConfig, tasks) -> dict:
+    """The data config as checkpoints store it: the experiment's tasks without their ``preprocessing``
+    (the module's ``preprocessing`` holds it; :func:`mtseg.checkpoint.load_checkpoint` puts it back)."""
+    plain = OmegaConf.to_container(data, resolve=True)
+    for task in tasks:
+        plain[task].pop("preprocessing", None)
+    return plain
+
+
 def continue_metrics(checkpoint: Path, step: int, target: Path) -> None:
     """Start ``target`` with the rows of the checkpoint's run (``<run>/metrics.csv``) up to ``step``."""
     source = checkpoint.parent.parent / "metrics.csv"
@@ -129,7 +138,7 @@ def train(cfg: DictConfig) -> dict:
         preprocessing={t: OmegaConf.to_container(cfg.data[t].preprocessing, resolve=True) for t in tasks},
         pad_value=cfg.data.pad_value,
         evaluation=OmegaConf.to_container(cfg.evaluation),
-        data=OmegaConf.to_container(cfg.data, resolve=True),
+        data=data_without_preprocessing(cfg.data, tasks),  # each task's preprocessing is stored once, above
         training=OmegaConf.to_container(cfg.training),
         schedule=OmegaConf.to_container(cfg.schedule),
         seed=cfg.seed,

@@ -82,7 +82,7 @@ def test_a_stored_target_outside_the_allowlist_never_runs(tmp_path, network, sca
     victim = tmp_path / "precious.txt"
     victim.write_text("data that must survive")
     opener = {"_target_": "builtins.open", "_args_": [str(victim), "w"]}
-    with_meta(network, lambda c: c["mtseg"]["preprocessing"]["brain"]["intensity"].append(opener))
+    with_meta(network, lambda c: c["hyper_parameters"]["preprocessing"]["brain"]["intensity"].append(opener))
     err = refused(tmp_path, capsys, "--checkpoint", network, "--input", scan, "--output", tmp_path / "seg.nii.gz")
     assert "names _target_ 'builtins.open'" in err and "intensity[1]" in err
     assert victim.read_text() == "data that must survive"
@@ -107,9 +107,9 @@ def test_a_stored_data_config_cannot_create_files_in_evaluate(tmp_path, network)
 @pytest.mark.parametrize(
     "edit, message",
     [
-        (lambda c: c.__setitem__("mtseg", {}), "entry lacks tasks, class_names, preprocessing, pad_value"),
+        (lambda c: c.__setitem__("mtseg", {}), "entry lacks tasks, class_names, pad_value"),
         (lambda c: c.__setitem__("mtseg", [1, 2]), "entry is a list, not a mapping"),
-        (lambda c: c["mtseg"]["preprocessing"].pop("breast"), "lacks the preprocessing of a task"),
+        (lambda c: c["hyper_parameters"]["preprocessing"].pop("breast"), "lacks the preprocessing of a task"),
         (lambda c: c["mtseg"]["class_names"].__setitem__(1, "grey"), "tasks or classes are not this mtseg's"),
         (lambda c: c["state_dict"].pop("net.head.8.bias"), "weights do not fit the network"),
         (lambda c: c["hyper_parameters"]["model"].__setitem__("width", 16), "weights do not fit the network"),

@@ -50,3 +50,14 @@ def test_predict_exits_non_zero_on_a_checkpoint_carrying_code(malicious_checkpoi
     assert main(["--checkpoint", str(path), "--input", str(image), "--output", str(tmp_path / "seg.nii.gz")]) != 0
     assert "refused" in capsys.readouterr().err
     assert not marker.exists() and not (tmp_path / "seg.nii.gz").exists()
+
+
+def test_a_checkpoint_of_the_previous_layout_still_loads(tmp_path):
+    """Earlier checkpoints held each task's preprocessing and the data config in their mtseg entry too."""
+    path = write_checkpoint(tmp_path / "net.ckpt", ["brain", "cta"])
+    checkpoint = torch.load(path, weights_only=True)
+    preprocessing = checkpoint["hyper_parameters"]["preprocessing"]
+    checkpoint["mtseg"] |= {"preprocessing": preprocessing, "data": {"brain": {"source": "phantoms"}}}
+    torch.save(checkpoint, path)
+    loaded = load_checkpoint(path)
+    assert loaded.meta["preprocessing"] == preprocessing and loaded.meta["data"] == {"brain": {"source": "phantoms"}}

@@ -16,6 +16,7 @@ import pytest
 import torch
 from nbclient import NotebookClient
 
+from mtseg.checkpoint import load_checkpoint
 from mtseg.module import CHECKPOINT_KEY, MultiTaskSegmentationModule
 
 TINY = [
@@ -91,11 +92,16 @@ def test_train_writes_the_run_directory(tiny_run):
     meta = checkpoint[CHECKPOINT_KEY]
     assert meta["class_names"] == summary["class_names"]
     assert meta["class_tasks"][7:] == ["breast", "cta"]
-    # a checkpoint says how to prepare a new image for it, and where its test sets are
-    assert meta["preprocessing"]["cta"]["spacing"] == 0.45
-    assert meta["preprocessing"]["brain"]["threshold"] == 0.0
+    # a checkpoint says how to prepare a new image for it, and where its test sets are, each once
+    hparams = checkpoint["hyper_parameters"]
+    assert "preprocessing" not in meta and "data" not in meta
+    assert all("preprocessing" not in hparams["data"][t] for t in ("brain", "breast", "cta"))
+    loaded = load_checkpoint(run / "checkpoints" / "last.ckpt")
+    assert loaded.meta["preprocessing"]["cta"]["spacing"] == 0.45
+    assert loaded.meta["preprocessing"]["brain"]["threshold"] == 0.0
+    assert loaded.meta["data"]["cta"]["preprocessing"] == hparams["preprocessing"]["cta"]
     assert meta["pad_value"] == 0.0
-    assert meta["data"]["brain"]["n_test"] == 2
+    assert loaded.meta["data"]["brain"]["n_test"] == 2
     # how much of a training image each task's foreground fills (predict's plausibility check)
     assert 0 < meta["foreground_fraction"]["cta"] < 0.05 < meta["foreground_fraction"]["brain"] < 1
     # the PR operating points of the evaluation before the save

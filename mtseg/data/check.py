@@ -30,7 +30,7 @@ from mtseg.data.nnunet import is_nnunet_folder, nnunet_cases, restrict_to_declar
 from mtseg.data.preprocessing import IMAGE, LABEL
 from mtseg.data.sources import subjects_of_cases
 from mtseg.data.split import split_cases
-from mtseg.tasks import BACKGROUND, get_task
+from mtseg.tasks import BACKGROUND, check_label_range, get_task
 
 #: Largest difference (mm) between the affines of an image and its label.
 AFFINE_TOLERANCE = 1e-3
@@ -136,14 +136,7 @@ def check_subject(subject: tio.Subject, split: str, n_classes: int | None) -> Ca
         if not torch.isfinite(labels).all() or not torch.equal(labels, labels.round()):
             raise ValueError(f"{label_name}: label map holds non-integer, NaN or infinite values")
     values = labels.long().flatten()
-    low, high = int(values.min()), int(values.max())
-    if low < 0 or (n_classes is not None and high >= n_classes):
-        found = torch.unique(values)
-        bad = found[(found < 0) | (found >= (n_classes if n_classes is not None else found.max() + 1))]
-        raise ValueError(
-            f"{label_name}: label values {bad.tolist()} outside 0..{(n_classes or 1) - 1}"
-            + (f" of task {task!r}" if task else "")
-        )
+    check_label_range(values, n_classes, label_name, task)
     counts = torch.bincount(values, minlength=n_classes or 0)
     summary = CaseSummary(
         case_id=str(subject.get("case_id")),

@@ -32,7 +32,7 @@ from mtseg.data.sampling import (
 )
 from mtseg.data.sources import task_subjects
 from mtseg.data.triplanar import TriplanarVolume
-from mtseg.tasks import TASK_ORDER, LabelSpace, get_task
+from mtseg.tasks import TASK_ORDER, LabelSpace, check_label_range, get_task
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +47,23 @@ class PreparedSubjectsDataset(tio.SubjectsDataset):
     def __getitem__(self, index: int) -> tio.Subject:
         subject = self._subjects[int(index)]
         return self._transform(subject) if self._transform is not None else subject
+
+
+def sampling_queue(subjects: Sequence[tio.Subject], sampler, max_length: int, samples_per_volume: int) -> tio.Queue:
+    """A TorchIO queue of training items drawn by ``sampler`` from prepared ``subjects``.
+
+    Served from the main process: the subjects are preprocessed once and held in memory, and
+    workers would copy whole volumes (sampling is more than 10 times faster than a step).
+    """
+    return tio.Queue(
+        PreparedSubjectsDataset(list(subjects)),
+        max_length=max_length,
+        samples_per_volume=samples_per_volume,
+        sampler=sampler,
+        num_workers=0,
+        shuffle_subjects=True,
+        shuffle_patches=True,
+    )
 
 
 def prepare_subject(subject: tio.Subject, preprocessing: tio.Transform, radius: int, pad_value: float) -> tio.Subject:
@@ -74,12 +91,7 @@ def prepare_subject(subject: tio.Subject, preprocessing: tio.Transform, radius: 
     label = prepared[LABEL].data[0]
     if label.is_floating_point() and not torch.equal(label, label.round()):
         raise ValueError(f"{subject[LABEL].path}: label map holds non-integer values")
-    found = torch.unique(label)
-    if found.min() < 0 or found.max() >= task.n_classes:
-        raise ValueError(
-            f"{subject[LABEL].path}: label values {found.tolist()} outside 0..{task.n_classes - 1} "
-            f"of task {task.name!r} ({', '.join(task.classes)})"
-        )
+    check_label_range(label, task.n_classes, str(subject[LABEL].path), task.name)
     eligible = prepared[SAMPLING_MASK].data[0].bool()
     if not eligible.any():
         raise ValueError(
@@ -359,15 +371,7 @@ class MultiTaskDataModule(L.LightningDataModule):
             sampler = ClassBalancedCubeSampler(self.radius, int(self.training["cube"]), int(cfg["samples_per_volume"]), generator)
         else:
             sampler = ClassBalancedTriplanarSampler(self.radius, int(cfg["samples_per_volume"]), generator)
-        return tio.Queue(
-            PreparedSubjectsDataset(self.subjects[task]["train"]),
-            max_length=int(cfg["max_length"]),
-            samples_per_volume=int(cfg["samples_per_volume"]),
-            sampler=sampler,
-            num_workers=0,  # subjects are preprocessed in memory; workers would copy whole volumes
-            shuffle_subjects=True,
-            shuffle_patches=True,
-        )
+        return sampling_queue(self.subjects[task]["train"], sampler, int(cfg["max_length"]), int(cfg["samples_per_volume"]))
 
     def _queues(self, segment: int) -> dict[str, tio.Queue]:
         return {task: self._queue(task, segment) for task in self.tasks}

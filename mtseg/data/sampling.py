@@ -25,6 +25,7 @@ from torch.utils.data import IterableDataset
 from torchio.data.sampler import RandomSampler
 
 from mtseg.data.triplanar import TriplanarVolume
+from mtseg.tasks import check_label_range
 
 #: Code for voxels that may not be sample centres (intensity at or below the threshold).
 NOT_ELIGIBLE = 255
@@ -93,10 +94,7 @@ class ClassVoxelIndex:
         if n_classes >= NOT_ELIGIBLE:
             raise ValueError(f"at most {NOT_ELIGIBLE - 1} classes are supported")
         label = label.reshape(-1)
-        if int(label.max()) >= n_classes or (label.is_signed() and int(label.min()) < 0):
-            raise ValueError(
-                f"label values must lie in 0..{n_classes - 1}, found {int(label.min())}..{int(label.max())}"
-            )
+        check_label_range(label, n_classes, "class voxel index")
         self.codes = torch.where(eligible.reshape(-1).bool(), label, NOT_ELIGIBLE).to(torch.uint8)
         self.counts = torch.bincount(self.codes, minlength=NOT_ELIGIBLE + 1)[:n_classes]
         self.fractions = self.counts.double() / self.codes.numel()
