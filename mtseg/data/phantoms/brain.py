@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from mtseg.data.phantoms.drawing import (
+    Coordinates,
     Placement,
     RandomWaves,
     SmoothNoise,
@@ -58,7 +59,6 @@ RELATIVE_T1 = {
 #: Tissue code of each brain tissue.
 TISSUE = tissue_codes(RELATIVE_T1)
 
-Coordinates = tuple[np.ndarray, np.ndarray, np.ndarray]
 
 
 def brain_phantom(

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from mtseg.data.phantoms.drawing import (
+    Coordinates,
     Placement,
     RandomWaves,
     SmoothNoise,
@@ -52,7 +53,6 @@ RELATIVE_T1 = {
 #: Tissue code of each breast MRI tissue.
 TISSUE = tissue_codes(RELATIVE_T1)
 
-Coordinates = tuple[np.ndarray, np.ndarray, np.ndarray]
 
 
 def breast_phantom(

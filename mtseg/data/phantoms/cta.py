@@ -21,6 +21,7 @@ import numpy as np
 from scipy import ndimage
 
 from mtseg.data.phantoms.drawing import (
+    Coordinates,
     PARTIAL_VOLUME_SIGMA,
     Placement,
     SmoothNoise,
@@ -60,7 +61,6 @@ OUTSIDE_FIELD_OF_VIEW_HU = -2048.0
 #: Radius (mm) the coronary branches taper to.
 _THINNEST_CORONARY_RADIUS = 0.75
 
-Coordinates = tuple[np.ndarray, np.ndarray, np.ndarray]
 
 
 def cta_phantom(

@@ -20,6 +20,9 @@ import numpy as np
 from scipy import ndimage
 from scipy.interpolate import CubicSpline
 
+#: Voxel coordinates of a grid along its three axes (anatomical mm or world mm).
+Coordinates = tuple[np.ndarray, np.ndarray, np.ndarray]
+
 #: Gaussian blur (voxels) applied to the noise-free image: partial volume.
 PARTIAL_VOLUME_SIGMA = 0.6
 
