@@ -13,6 +13,8 @@ import argparse
 import sys
 from pathlib import Path
 
+import matplotlib
+
 from mtseg.nifti import atomic_write_bytes, check_writable_folder
 from mtseg.plots import (
     find_runs,
@@ -64,6 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", help="output folder (default: <the one sweep or run>/figures, else ./figures)")
     parser.add_argument("--dpi", type=int, default=120)
     args = parser.parse_args(argv)
+    matplotlib.use("Agg")  # files only: no window, whatever the environment offers
     out = Path(args.out) if args.out else (Path(args.paths[0]) / "figures" if len(args.paths) == 1 else Path("figures"))
     try:
         written = write_figures(args.paths, out, args.dpi)

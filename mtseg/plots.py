@@ -10,17 +10,14 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import torch
+from matplotlib.colors import ListedColormap
+from matplotlib.patches import Rectangle
 
-matplotlib.use("Agg")  # headless by default; notebooks switch to their inline backend themselves
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import torch  # noqa: E402
-from matplotlib.colors import ListedColormap  # noqa: E402
-from matplotlib.patches import Rectangle  # noqa: E402
-
-from mtseg.tasks import EXPERIMENTS, TASK_ORDER, TASKS  # noqa: E402
+from mtseg.tasks import EXPERIMENTS, TASK_ORDER, TASKS
 
 #: One colour per experiment, derived from the experiment list (a fourth task needs no edit here):
 #: a qualitative matplotlib palette in the experiments' order (the paper's Fig. 1 numbering).

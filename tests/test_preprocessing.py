@@ -60,3 +60,15 @@ def test_sampling_mask_uses_stored_intensities_before_normalisation():
 def test_bad_spacing_is_an_error():
     with pytest.raises(ValueError, match="spacing must be positive"):
         build_preprocessing(0.0, 0.0, [])
+
+
+def test_resampling_to_a_grid_above_the_voxel_limit_is_refused_before_it_is_built():
+    import numpy as np
+    import torch
+    import torchio as tio
+
+    from mtseg.data.preprocessing import ResampleToSpacing
+
+    coarse = tio.Subject(image=tio.ScalarImage(tensor=torch.rand(1, 10, 10, 10), affine=np.diag([50.0, 50.0, 50.0, 1.0])))
+    with pytest.raises(ValueError, match=r"resampled to 0.05 mm, its grid would hold 1,000,000,000,000 voxels, more than max_voxels="):
+        ResampleToSpacing(0.05)(coarse)

@@ -23,8 +23,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 import torchio as tio
+
+from mtseg.nifti import ImageLimits
 
 #: Keys of the images every mtseg subject holds.
 IMAGE = "image"
@@ -91,6 +94,10 @@ class ResampleToSpacing(tio.Transform):
         spacings = [image.spacing for image in subject.get_images(intensity_only=False)]
         if all(abs(s - target) <= self.tolerance * target for sp in spacings for s in sp):
             return subject
+        image = subject.get_images(intensity_only=False)[0]
+        extent = np.asarray(image.spacing) * np.asarray(image.spatial_shape)
+        voxels = int(np.prod(np.ceil(extent / target), dtype=np.float64))
+        ImageLimits.load().check_grid(voxels, f"{image.path or 'an image'}: resampled to {target:g} mm, its grid")
         return tio.Resample(target)(subject)
 
 
