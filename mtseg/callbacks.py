@@ -91,19 +91,20 @@ class EvaluationTimer(L.Callback):
             self._start = None
 
 
-class SaveOnInterrupt(L.Callback):
-    """Save ``path`` (the run's ``last.ckpt``) when the run is stopped by SIGTERM or Ctrl+C.
+class SaveOnSigterm(L.Callback):
+    """Save ``path`` (the run's ``last.ckpt``) when the run is stopped by SIGTERM.
 
-    Lightning turns SIGTERM into a ``SIGTERMException`` after the current step, and stops on
-    a ``KeyboardInterrupt``; this saves the checkpoint before Lightning tears the run down,
-    so ``ckpt_path=`` can resume it.
+    Lightning turns SIGTERM into a ``SIGTERMException`` after the current step (or evaluation
+    batch); this saves the checkpoint before Lightning tears the run down, so ``ckpt_path=``
+    can resume it exactly. Ctrl+C raises wherever Python happens to be (inside an optimiser
+    step, say), so it saves nothing: ``last.ckpt`` stays the last evaluation's.
     """
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
-        if isinstance(exception, (SIGTERMException, KeyboardInterrupt)):
+        if isinstance(exception, SIGTERMException):
             trainer.save_checkpoint(self.path)
 
 

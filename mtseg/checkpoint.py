@@ -35,14 +35,23 @@ ALLOWED_TARGETS = frozenset(
 
 def check_targets(config: Any, where: str) -> None:
     """Refuse a configuration (read from ``where``) that names a ``_target_`` outside :data:`ALLOWED_TARGETS`,
-    at any depth.
+    at any depth, or that holds an interpolation (``${...}``, escaped or not) anywhere: Hydra resolves
+    those when it instantiates, and a resolver such as ``oc.create`` can build a node with any
+    ``_target_`` after this check. Training stores its configs resolved, so no checkpoint of
+    mtseg's holds one.
 
     Raises:
-        ValueError: naming the key path and the target.
+        ValueError: naming the key path and the target or interpolation.
     """
     stack: list[tuple[str, Any]] = [("", config)]
     while stack:
         key, node = stack.pop()
+        for text in (node, *(node.keys() if isinstance(node, dict) else ())):
+            if isinstance(text, str) and "${" in text:
+                raise ValueError(
+                    f"{where} refused: its configuration at {key or 'the top'} holds the interpolation {text[:80]!r}, "
+                    "which Hydra would resolve (mtseg stores its configs resolved)"
+                )
         if isinstance(node, dict):
             target = node.get("_target_")
             if target is not None and (not isinstance(target, str) or target not in ALLOWED_TARGETS):
@@ -225,7 +234,9 @@ def test_datamodule(loaded: LoadedCheckpoint, overrides=None):
     stored = loaded.meta.get("data")
     if not isinstance(stored, dict):
         raise ValueError(f"{loaded.path} stores no data config (written by an older mtseg); cannot find its test sets")
-    data_cfg = OmegaConf.merge(OmegaConf.create(stored), overrides or {})
+    # the user's overrides are resolved here, so the merged config holds no interpolation
+    resolved = OmegaConf.to_container(overrides, resolve=True) if OmegaConf.is_config(overrides) else (overrides or {})
+    data_cfg = OmegaConf.merge(OmegaConf.create(stored), resolved)
     datamodule = instantiate_checked(
         data_cfg, f"{loaded.path} (stored data config)", tasks=list(loaded.label_space.tasks), radius=loaded.net.depth, seed=0
     )

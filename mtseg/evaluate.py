@@ -14,6 +14,7 @@ import csv
 import json
 import logging
 import sys
+import time
 from pathlib import Path
 
 import hydra
@@ -29,6 +30,8 @@ from mtseg.nifti import atomic_write_bytes, check_outputs, read_image, to_input_
 from mtseg.signals import SIGTERM_EXIT, Terminated, sigterm_raises
 
 log = logging.getLogger(__name__)
+#: When this process started evaluating (folders created later are this call's own).
+STARTED = time.time()
 
 
 def evaluation_dir(ckpt_path: str, output_dir: str | None) -> str:
@@ -152,8 +155,10 @@ def main(cfg: DictConfig) -> None:
         status = SIGTERM_EXIT
     else:
         return
-    with contextlib.suppress(OSError):  # the output folder Hydra made for this call, if nothing was written
-        out_dir.rmdir()
+    # the output folder Hydra made for this call, if nothing was written (never one that was there before)
+    with contextlib.suppress(OSError):
+        if out_dir.stat().st_ctime >= STARTED:
+            out_dir.rmdir()
     sys.exit(status)
 
 

@@ -100,8 +100,10 @@ class TaskResult:
         return bool(self.images) and all(image.hd95_mm is not None for image in self.images)
 
     def _surface(self, cls: str) -> dict:
-        """Mean, median and per-image HD95 and ASSD of ``cls`` (NaN images left out of the summaries)."""
-        out = {}
+        """Mean, median and per-image HD95 and ASSD of ``cls`` (NaN images left out of the summaries), and
+        how many images had no distance because the reference or the prediction lacked the class
+        (a class the network missed counts there, not in the means)."""
+        out = {"surface_undefined_images": sum(math.isnan(i.hd95_mm[cls]) for i in self.images)}
         for metric in ("hd95_mm", "assd_mm"):
             values = {i.case_id: getattr(i, metric)[cls] for i in self.images}
             out |= {f"{k}_{metric}": v for k, v in _summary(values.values()).items()}

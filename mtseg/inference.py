@@ -84,8 +84,6 @@ def _slab_starts(nz: int, slab: int, progress: bool | None, n_voxels: int, desc:
     return starts
 
 
-#: Voxels per slab of dense inference by default (about 1.2 GB of features and activations).
-
 #: Volumes with at least this many voxels show a progress bar unless told otherwise
 #: (about 10 s with the paper's network on 2 CPU cores).
 PROGRESS_MIN_VOXELS = 400_000

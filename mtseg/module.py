@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -198,8 +200,14 @@ class MultiTaskSegmentationModule(L.LightningModule):
         state = checkpoint.get(RNG_KEY)
         if state:
             torch.set_rng_state(state["torch"])
-            if state["cuda"] and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
-                torch.cuda.set_rng_state_all(state["cuda"])
+            if state["cuda"] and torch.cuda.is_available():
+                if len(state["cuda"]) == torch.cuda.device_count():
+                    torch.cuda.set_rng_state_all(state["cuda"])
+                else:
+                    warnings.warn(
+                        f"the checkpoint holds the random state of {len(state['cuda'])} GPU(s), this machine has "
+                        f"{torch.cuda.device_count()}: dropout on the GPU will not continue exactly"
+                    )
 
 def available_memory(device: torch.device) -> int | None:
     """Bytes of memory a training step can still take on ``device`` (``None`` when unknown)."""

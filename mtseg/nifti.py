@@ -208,20 +208,33 @@ def check_writable_folder(folder: str | Path) -> Path:
     return folder
 
 
-def atomic_write_bytes(path: Path, write) -> None:
-    """Call ``write(temporary_path)`` and rename the result to ``path``; nothing is left on failure."""
-    suffix = ".nii.gz" if str(path).endswith(".nii.gz") else path.suffix
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
-    os.close(handle)
+def atomic_write_all(writes) -> None:
+    """For each ``(path, write)``, call ``write(temporary_path)`` on a temporary file beside ``path``; once
+    all are written, rename each to its ``path``. A failure or signal before the renames replaces
+    nothing and leaves no temporary file, so an earlier set of outputs stays whole."""
+    staged: list[tuple[Path, str]] = []
     try:
-        write(temporary)
+        for path, write in writes:
+            path = Path(path)
+            suffix = ".nii.gz" if str(path).endswith(".nii.gz") else path.suffix
+            handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+            os.close(handle)
+            staged.append((path, temporary))
+            write(temporary)
         umask = os.umask(0)
         os.umask(umask)
-        os.chmod(temporary, 0o666 & ~umask)  # mkstemp's files are private; give the usual permissions
-        os.replace(temporary, path)
+        for path, temporary in staged:
+            os.chmod(temporary, 0o666 & ~umask)  # mkstemp's files are private; give the usual permissions
+            os.replace(temporary, path)
     except BaseException:
-        Path(temporary).unlink(missing_ok=True)
+        for _, temporary in staged:
+            Path(temporary).unlink(missing_ok=True)
         raise
+
+
+def atomic_write_bytes(path: Path, write) -> None:
+    """Call ``write(temporary_path)`` and rename the result to ``path``; nothing is left on failure."""
+    atomic_write_all([(path, write)])
 
 
 #: Voxels by which a working-grid result is extended at its border before going back to the input grid.
@@ -250,10 +263,20 @@ def to_input_grid(data: torch.Tensor, affine: np.ndarray, reference: tio.Image, 
     return out
 
 
+def nifti_writer(data, reference: tio.Image, dtype):
+    """``write(path)`` that saves ``data`` (an array, or a function returning one when called) as NIfTI
+    on ``reference``'s grid, with exactly its affine; for :func:`atomic_write_all`."""
+
+    def write(path) -> None:
+        values = data() if callable(data) else data
+        nifti = nib.Nifti1Image(np.asarray(values, dtype=dtype), reference.affine)
+        nifti.set_qform(reference.affine, code=1)
+        nifti.set_sform(reference.affine, code=1)
+        nib.save(nifti, path)
+
+    return write
+
+
 def write_like(data: np.ndarray, reference: tio.Image, path: str | Path, dtype) -> None:
     """Write ``data`` on ``reference``'s grid to ``path`` atomically, with exactly its affine."""
-    path = Path(path)
-    nifti = nib.Nifti1Image(np.asarray(data, dtype=dtype), reference.affine)
-    nifti.set_qform(reference.affine, code=1)
-    nifti.set_sform(reference.affine, code=1)
-    atomic_write_bytes(path, lambda temporary: nib.save(nifti, temporary))
+    atomic_write_bytes(Path(path), nifti_writer(data, reference, dtype))

@@ -39,7 +39,7 @@ from mtseg.data.preprocessing import IMAGE, SAMPLING_MASK, build_preprocessing
 from mtseg.data.triplanar import TriplanarVolume
 from mtseg.defaults import conf_defaults
 from mtseg.inference import segment_volume
-from mtseg.nifti import ImageLimits, atomic_write_bytes, check_outputs, check_writable_folder, read_image, to_input_grid, write_like
+from mtseg.nifti import ImageLimits, atomic_write_all, check_outputs, check_writable_folder, nifti_writer, read_image, to_input_grid
 from mtseg.operating_point import task_labels, thresholded
 from mtseg.recognition import Pass, preprocessing_key, resolved_spacing, working_spacing
 from mtseg.tasks import TASKS
@@ -68,6 +68,7 @@ class Segmentation:
             threshold and its source, label names, voxel counts, the recognition passes.
         class_names: The network's output channels (names of the probability maps).
         working: The final pass on the working grid (its probabilities are resampled on demand).
+        inputs: The files the segmentation read (image, checkpoint, thresholds): never written.
     """
 
     image: tio.ScalarImage
@@ -76,6 +77,7 @@ class Segmentation:
     recognition: dict
     class_names: tuple[str, ...]
     working: Pass
+    inputs: dict[str, Path]
 
     @property
     def affine(self) -> np.ndarray:
@@ -101,38 +103,32 @@ class Segmentation:
         """Write the label map (uint8, the input's affine), its sidecar ``OUT.json`` and, with
         ``probabilities``, one float32 map per output channel into that folder.
 
-        All is checked before anything is written (an output never replaces the input image;
-        an existing one only with ``overwrite``); every file is written atomically, and on any
-        failure or signal the files already written are removed. Returns the written paths.
+        All is checked before anything is written (an output never replaces an input: the image,
+        the checkpoint, its thresholds file; an existing output only with ``overwrite``). Every
+        file is first written under a temporary name and all are renamed at the end, so a failure
+        or signal leaves neither a partial set nor a temporary file, and earlier outputs whole.
+        Returns the written paths.
         """
         path = Path(path)
         folder = None if probabilities is None else Path(probabilities)
         maps = [] if folder is None else [folder / f"{name}.nii.gz" for name in self.class_names]
-        inputs = {"input image": Path(self.image.path)} if self.image.path is not None else {}
-        check_outputs([path, sidecar_path(path), *maps], inputs, overwrite)
+        check_outputs([path, sidecar_path(path), *maps], self.inputs, overwrite)
         if maps and len(self.working.probabilities) < len(self.class_names):
             raise ValueError("probability maps were not kept: segment the image with probabilities=True")
+        text = json.dumps(self.recognition, indent=2)
+        # each probability map is resampled when it is written, one at a time
+        writes = [(m, nifti_writer(lambda c=c: self.probability(c).numpy(), self.image, "float32")) for c, m in enumerate(maps)]
+        writes += [(sidecar_path(path), lambda tmp: Path(tmp).write_text(text)), (path, nifti_writer(self.labels.numpy(), self.image, "uint8"))]
         created = folder is not None and not folder.exists()
-        written: list[Path] = []
         try:
             if folder is not None:
                 check_writable_folder(folder)
-                for channel, map_path in enumerate(maps):
-                    values = self.probability(channel)
-                    written.append(map_path)  # before writing: a signal may arrive between the write and the append
-                    write_like(values.numpy(), self.image, map_path, "float32")
-            text = json.dumps(self.recognition, indent=2)
-            written.append(sidecar_path(path))
-            atomic_write_bytes(sidecar_path(path), lambda tmp: Path(tmp).write_text(text))
-            written.append(path)
-            write_like(self.labels.numpy(), self.image, path, "uint8")
+            atomic_write_all(writes)
         except BaseException:
-            for done in written:
-                done.unlink(missing_ok=True)
             if created and folder.is_dir() and not any(folder.iterdir()):
                 folder.rmdir()
             raise
-        return written
+        return [p for p, _ in writes]
 
     def describe(self) -> str:
         """What ``mtseg.predict`` prints: the task and how it was found, confidence, threshold, voxels per label."""
@@ -255,7 +251,8 @@ class Segmenter:
         local = task_labels(self.space, task, final.labels, final.probabilities.get(channel), threshold)
         labels = to_input_grid(local, final.affine, image, label=True)
         report = self._report(image, task, given, recognised, dominance, plausibility, final, threshold, source, labels, passes)
-        return Segmentation(image, labels, task, report, self.space.class_names, final)
+        inputs = {**({"input image": Path(image.path)} if image.path is not None else {}), **self.inputs}
+        return Segmentation(image, labels, task, report, self.space.class_names, final, inputs)
 
     def _recognise(self, image, channels, thresholds):
         groups: dict[str, list[str]] = {}
@@ -304,7 +301,7 @@ class Segmenter:
         where = f"{self.loaded.path} (preprocessing of {tasks[0]})"
         intensity = [instantiate_checked(t, where) for t in config.get("intensity", [])]
         subject = tio.Subject({IMAGE: tio.ScalarImage(tensor=image.data, affine=image.affine)})  # TorchIO copies it
-        prepared = build_preprocessing(spacing, config["threshold"], intensity)(subject)
+        prepared = build_preprocessing(spacing, config["threshold"], intensity, self.limits)(subject)
         mask = prepared[SAMPLING_MASK].data[0].bool()
         if not mask.any():
             if required:

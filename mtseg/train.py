@@ -31,7 +31,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
 from mtseg.baseline import intensity_baseline_dice
-from mtseg.callbacks import METRICS_COLUMNS, DiceCSVWriter, EvaluationTimer, SaveOnInterrupt, WandbSegmentationOverlays
+from mtseg.callbacks import METRICS_COLUMNS, DiceCSVWriter, EvaluationTimer, SaveOnSigterm, WandbSegmentationOverlays
 from mtseg.checkpoint import load_checkpoint
 from mtseg.console import LineProgress, quiet_libraries
 from mtseg.experiment_configs import register_experiment_configs
@@ -58,7 +58,7 @@ def wandb_group(cfg: DictConfig) -> str | None:
 
 #: Settings a resumed run must share with its checkpoint: (this run's config key, stored hyper-parameter).
 RESUME_SETTINGS = (("model", "model"), ("training", "training"), ("schedule", "schedule"), ("seed", "seed"),
-                   ("optimizer.lr", "lr"), ("optimizer.betas", "betas"))
+                   ("optimizer.lr", "lr"), ("optimizer.betas", "betas"), ("data", "data"), ("preprocessing", "preprocessing"))
 
 
 def resumed_checkpoint(cfg: DictConfig) -> Path | None:
@@ -70,8 +70,14 @@ def resumed_checkpoint(cfg: DictConfig) -> Path | None:
     stored = loaded.module.hparams
     if list(stored["tasks"]) != list(experiment_tasks(cfg.experiment)):
         raise ValueError(f"ckpt_path={path} belongs to experiment {loaded.label_space.experiment}, not {cfg.experiment}")
+    tasks = list(experiment_tasks(cfg.experiment))
+    derived = {  # as training stores them; where the data lies (root) may move
+        "data": {k: v for k, v in data_without_preprocessing(cfg.data, tasks).items() if k != "root"},
+        "preprocessing": {t: OmegaConf.to_container(cfg.data[t].preprocessing, resolve=True) for t in tasks},
+    }
+    stored = {**stored, "data": {k: v for k, v in (stored.get("data") or {}).items() if k != "root"}}
     for key, name in RESUME_SETTINGS:
-        current = OmegaConf.select(cfg, key)
+        current = derived[key] if key in derived else OmegaConf.select(cfg, key)
         current = OmegaConf.to_container(current) if OmegaConf.is_config(current) else current
         if stored.get(name) is None:
             raise ValueError(f"ckpt_path={path} was written by an older mtseg that does not store its {key}; it cannot be resumed")
@@ -183,7 +189,7 @@ def train(cfg: DictConfig) -> dict:
         WandbSegmentationOverlays(),
         ModelCheckpoint(dirpath=checkpoints, filename="step{step:07d}", auto_insert_metric_name=False, save_top_k=-1, save_last=True),
         curve,
-        SaveOnInterrupt(checkpoints / "last.ckpt"),
+        SaveOnSigterm(checkpoints / "last.ckpt"),
     ]
     piped = not sys.stdout.isatty()  # Lightning's progress bar shows nothing in a pipe or a log file
     if piped:
@@ -203,7 +209,11 @@ def train(cfg: DictConfig) -> dict:
         start = time.perf_counter()
         try:
             trainer.fit(module, datamodule=datamodule, ckpt_path=resume, weights_only=True)
-        except SIGTERMException:  # SaveOnInterrupt wrote last.ckpt
+            if trainer.global_step % val_every:  # the schedule did not end on an evaluation
+                trainer.validate(module, datamodule=datamodule, verbose=False)
+                trainer.save_checkpoint(checkpoints / f"step{trainer.global_step:07d}.ckpt")
+                trainer.save_checkpoint(checkpoints / "last.ckpt")
+        except SIGTERMException:  # SaveOnSigterm wrote last.ckpt (Lightning's SIGTERMException exits with status 0)
             print(
                 f"Stopped by SIGTERM at step {trainer.global_step} of {steps}; saved {checkpoints / 'last.ckpt'}. "
                 f"Resume with: python -m mtseg.train +experiment={cfg.experiment} ckpt_path={checkpoints / 'last.ckpt'} "
@@ -211,11 +221,8 @@ def train(cfg: DictConfig) -> dict:
                 file=sys.stderr,
             )
             sys.exit(SIGTERM_EXIT)
-        if trainer.global_step % val_every:  # the schedule did not end on an evaluation
-            trainer.validate(module, datamodule=datamodule, verbose=False)
-            trainer.save_checkpoint(checkpoints / f"step{trainer.global_step:07d}.ckpt")
-            trainer.save_checkpoint(checkpoints / "last.ckpt")
-        seconds = time.perf_counter() - start + curve.previous_seconds  # a resumed run adds its earlier training
+        # a resumed run adds its earlier part: training and evaluations, as this part's wall clock does
+        seconds = time.perf_counter() - start + curve.previous_seconds + timer.previous_seconds
         summary = write_summary(
             run_dir / "summary.json",
             module=module,

@@ -88,6 +88,16 @@ def test_a_stored_target_outside_the_allowlist_never_runs(tmp_path, network, sca
     assert victim.read_text() == "data that must survive"
 
 
+def test_an_interpolation_cannot_smuggle_a_target_past_the_allowlist(tmp_path, network, scan, capsys):
+    victim = tmp_path / "precious.txt"
+    victim.write_text("data that must survive")
+    smuggled = {"_target_": "torchio.Clamp", "out_min": "${oc.create:{_target_: builtins.open, _args_: [" + str(victim) + ", w]}}"}
+    with_meta(network, lambda c: c["hyper_parameters"]["preprocessing"]["brain"]["intensity"].append(smuggled))
+    err = refused(tmp_path, capsys, "--checkpoint", network, "--input", scan, "--output", tmp_path / "seg.nii.gz")
+    assert "holds the interpolation '${oc.create:" in err
+    assert victim.read_text() == "data that must survive"
+
+
 def test_a_stored_data_config_cannot_create_files_in_evaluate(tmp_path, network):
     victim = tmp_path / "precious.txt"
     victim.write_text("data that must survive")
@@ -221,20 +231,41 @@ def test_a_working_grid_above_the_limit_is_refused(tmp_path, network, capsys):
 def test_sigterm_while_writing_probability_maps_leaves_nothing(tmp_path, network, scan, capsys, monkeypatch):
     import mtseg.segmenter
 
-    real, calls = mtseg.segmenter.write_like, []
+    real, calls = mtseg.segmenter.nifti_writer, []
 
-    def write_then_terminate(*args, **kwargs):
-        real(*args, **kwargs)
-        calls.append(args[2])
-        if len(calls) == 2:
-            os.kill(os.getpid(), signal.SIGTERM)  # as `kill` or SLURM would send it
+    def writer_then_terminate(*args, **kwargs):
+        write = real(*args, **kwargs)
 
-    monkeypatch.setattr(mtseg.segmenter, "write_like", write_then_terminate)
+        def write_and_count(path):
+            write(path)
+            calls.append(path)
+            if len(calls) == 2:
+                os.kill(os.getpid(), signal.SIGTERM)  # as `kill` or SLURM would send it
+
+        return write_and_count
+
+    monkeypatch.setattr(mtseg.segmenter, "nifti_writer", writer_then_terminate)
     maps = tmp_path / "maps"
     err = refused(tmp_path, capsys, "--checkpoint", network, "--input", scan, "--output", tmp_path / "seg.nii.gz",
                   "--probabilities", maps, code=143)
     assert len(calls) == 2 and "stopped by SIGTERM; nothing written" in err
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is removed afterwards
+
+
+def test_an_interrupted_overwrite_keeps_the_earlier_outputs_whole(tmp_path, network, scan, capsys, monkeypatch):
+    import errno
+
+    out = tmp_path / "seg.nii.gz"
+    assert main(["--checkpoint", str(network), "--input", str(scan), "--output", str(out), "--probabilities", str(tmp_path / "maps")]) == 0
+    capsys.readouterr()
+
+    def full(image, path):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(nib, "save", full)
+    err = refused(tmp_path, capsys, "--checkpoint", network, "--input", scan, "--output", out, "--probabilities", tmp_path / "maps",
+                  "--overwrite")
+    assert "No space left on device" in err  # and `refused` checked that every earlier output is unchanged
 
 
 def test_a_full_disk_while_writing_leaves_nothing(tmp_path, network, scan, capsys, monkeypatch):

@@ -67,10 +67,13 @@ class ResampleToSpacing(tio.Transform):
         spacing: Target isotropic spacing in mm, or ``"inplane"``: the finest spacing
             of the subject's image (e.g. 1.25 mm for 1.25 x 1.25 x 1.6 mm voxels).
         tolerance: Relative difference below which spacings count as equal.
+        limits: A resampled grid of more than ``limits.max_voxels`` is refused before it is built
+            (default: ``conf/limits.yaml``).
     """
 
-    def __init__(self, spacing: float | str, tolerance: float = 1e-4, **kwargs):
+    def __init__(self, spacing: float | str, tolerance: float = 1e-4, limits: ImageLimits | None = None, **kwargs):
         super().__init__(**kwargs)
+        self.limits = limits or ImageLimits.load()
         if spacing != INPLANE:
             try:
                 spacing = float(spacing)
@@ -97,7 +100,7 @@ class ResampleToSpacing(tio.Transform):
         image = subject.get_images(intensity_only=False)[0]
         extent = np.asarray(image.spacing) * np.asarray(image.spatial_shape)
         voxels = int(np.prod(np.ceil(extent / target), dtype=np.float64))
-        ImageLimits.load().check_grid(voxels, f"{image.path or 'an image'}: resampled to {target:g} mm, its grid")
+        self.limits.check_grid(voxels, f"{image.path or 'an image'}: resampled to {target:g} mm, its grid")
         return tio.Resample(target)(subject)
 
 
@@ -105,6 +108,7 @@ def build_preprocessing(
     spacing: float | str,
     threshold: float,
     intensity_transforms: Sequence[tio.Transform],
+    limits: ImageLimits | None = None,
 ) -> tio.Compose:
     """The preprocessing pipeline of one task.
 
@@ -112,11 +116,12 @@ def build_preprocessing(
         spacing: Isotropic target spacing in mm, or ``"inplane"`` (see :class:`ResampleToSpacing`).
         threshold: Stored-intensity threshold for sample centres.
         intensity_transforms: Intensity normalisation applied last.
+        limits: Largest resampled grid (see :class:`ResampleToSpacing`).
     """
     return tio.Compose(
         [
             tio.ToCanonical(),
-            ResampleToSpacing(spacing),
+            ResampleToSpacing(spacing, limits=limits),
             SamplingMask(threshold),
             *intensity_transforms,
         ]
