@@ -10,7 +10,7 @@ EXPERIMENT ?= brain_breast_cta
 EXPERIMENTS = $(shell $(BIN)/python -c "from mtseg.tasks import EXPERIMENTS; print(','.join(EXPERIMENTS))")
 ARGS ?=
 
-.PHONY: install demo demo-paper train sweep figures test bench data-brain clean
+.PHONY: install demo demo-paper train sweep figures test bench gpu-check data-brain clean
 
 install: $(VENV)/.installed
 
@@ -46,6 +46,10 @@ figures: install
 
 test: install
 	WANDB_MODE=disabled $(BIN)/python -m pytest -q
+
+# Everything worth measuring on a GPU, in one command (mtseg/gpu_check.py): outputs/gpu_check/gpu_check.{json,md}
+gpu-check: install
+	$(BIN)/python -m mtseg.gpu_check --out outputs/gpu_check $(ARGS)
 
 bench: install
 	$(BIN)/python -m mtseg.bench $(ARGS)

@@ -65,3 +65,9 @@ def test_sweep_subdirectories_are_named_by_experiment_and_seed():
     subdir = OmegaConf.to_container(cfg.hydra.sweep, resolve=False)["subdir"]
     assert subdir == "${hydra.job.num}-${experiment}-seed${seed}"
     assert cfg.hydra.sweep.dir.startswith(cfg.output_dir)
+
+
+def test_the_gpu_trainer_is_the_default_one_in_bf16():
+    cfg = compose_train(["+experiment=brain", "trainer=gpu"])
+    assert cfg.trainer.precision == "bf16-mixed" and cfg.trainer.accelerator == "gpu"
+    assert cfg.trainer.num_sanity_val_steps == 0  # everything else as trainer=default

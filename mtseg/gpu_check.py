@@ -1,0 +1,249 @@
+"""One command that measures mtseg on a GPU: ``make gpu-check`` (``python -m mtseg.gpu_check``).
+
+Writes ``gpu_check.json`` and ``gpu_check.md`` into ``--out`` with:
+
+1. the device and the versions of Python, torch, CUDA and Lightning;
+2. samples/s of the paper's training step (batch 210 triplanar samples, forward, backward,
+   Adam) in fp32 and in bf16 autocast, and optionally with ``torch.compile`` of the stack;
+3. samples/s of the data pipeline (TorchIO queues, class- and task-balanced mini-batches of
+   the phantoms) and its ratio to the fp32 step;
+4. dense inference of a ``--inference-shape`` volume (default 256³): seconds and peak GPU memory;
+5. a short sweep of the seven experiments (``--minibatches`` per task, whole-image evaluation
+   at the end, ``logger=none``) in one Hydra multirun, each run's steps/s, and the time the
+   full paper schedule (``schedule.minibatches_per_task`` of ``conf/schedule/paper.yaml``)
+   would take at those rates, one experiment after another.
+
+It needs nothing beyond mtseg's own dependencies (no W&B), so it runs on a machine where
+nothing can be installed. ``--device cpu`` with small settings runs it anywhere (the tests do).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import lightning
+import torch
+
+from mtseg.data.triplanar import TriplanarVolume
+from mtseg.defaults import conf_defaults
+from mtseg.inference import segment_volume
+from mtseg.module import MultiTaskSegmentationModule
+from mtseg.tasks import EXPERIMENTS, LabelSpace, experiment_tasks
+
+
+def environment(device: torch.device) -> dict:
+    info = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "lightning": lightning.__version__,
+        "cuda": torch.version.cuda,
+        "device": device.type,
+    }
+    if device.type == "cuda":
+        properties = torch.cuda.get_device_properties(device)
+        info |= {"gpu": properties.name, "gpu_memory_gib": round(properties.total_memory / 2**30, 1)}
+    else:
+        info |= {"cpu_threads": torch.get_num_threads()}
+    return info
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def step_rate(model: dict, batch_size: int, steps: int, device: torch.device, precision: str, compile_stack: bool = False) -> float:
+    """Training samples/s of one patch-mode step on random mini-batches of experiment 7."""
+    tasks = list(experiment_tasks("brain_breast_cta"))
+    module = MultiTaskSegmentationModule(tasks, model=model).to(device)
+    if compile_stack:
+        module.net.features = torch.compile(module.net.features)
+    optimizer = module.configure_optimizers()
+    size = module.net.patch_size
+    space = LabelSpace(tasks)
+    batch = {
+        "planes": torch.rand(batch_size, 3, size, size, device=device),
+        "target": torch.randint(space.n_classes, (batch_size,), device=device),
+        "task": torch.arange(batch_size, device=device) % len(tasks),
+    }
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+    def one_step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        with autocast:
+            loss, _ = module.loss(batch)
+        loss.backward()
+        optimizer.step()
+
+    one_step()  # warm-up (and compilation)
+    _synchronize(device)
+    start = time.perf_counter()
+    for _ in range(steps):
+        one_step()
+    _synchronize(device)
+    return batch_size * steps / (time.perf_counter() - start)
+
+
+def train_config(overrides: list[str]):
+    """The training config of ``conf/train.yaml`` with ``overrides``."""
+    from hydra import compose, initialize_config_dir
+
+    from mtseg import CONFIG_DIR
+
+    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
+        return compose("train", overrides=overrides)
+
+
+def pipeline_rate(cfg, batches: int) -> float:
+    """Samples/s of the training data pipeline of experiment 7 (the phantoms of ``cfg``)."""
+    from hydra.utils import instantiate
+
+    tasks = list(experiment_tasks("brain_breast_cta"))
+    datamodule = instantiate(cfg.data, tasks=tasks, radius=cfg.model.depth, seed=0)
+    datamodule.prepare_data()
+    datamodule.setup()
+    stream = iter(datamodule.train_batches())
+    next(stream)  # the first fill
+    start = time.perf_counter()
+    samples = sum(len(next(stream)["target"]) for _ in range(batches))
+    return samples / (time.perf_counter() - start)
+
+
+def dense_inference(shape: tuple[int, int, int], device: torch.device, model: dict) -> dict:
+    """Seconds and peak GPU memory of dense inference of a random ``shape`` volume (9 outputs)."""
+    from mtseg.model import TriplanarCNN
+
+    net = TriplanarCNN(9, **model).eval().to(device)
+    volume = TriplanarVolume(torch.rand(shape), net.depth)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    start = time.perf_counter()
+    segment_volume(net, volume, channels=[7, 8], progress=False)
+    _synchronize(device)
+    seconds = time.perf_counter() - start
+    peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
+    return {"shape": list(shape), "seconds": round(seconds, 2), "voxels_per_second": round(volume.interior.numel() / seconds),
+            "peak_gpu_memory_gib": None if peak is None else round(peak, 2)}
+
+
+def short_sweep(out: Path, minibatches: int, device: torch.device, overrides: list[str]) -> dict:
+    """The seven experiments for ``minibatches`` per task in one multirun; per run: steps, seconds, Dice."""
+    sweep_dir = out / "sweep"
+    accelerator = "gpu" if device.type == "cuda" else "cpu"
+    command = [
+        sys.executable, "-m", "mtseg.train", "-m", f"+experiment={','.join(EXPERIMENTS)}", "logger=none",
+        f"trainer.accelerator={accelerator}", f"schedule.minibatches_per_task={minibatches}", f"schedule.eval_every={minibatches}",
+        f"hydra.sweep.dir={sweep_dir}", *overrides,
+    ]
+    start = time.perf_counter()
+    result = subprocess.run(command, capture_output=True, text=True, env=os.environ | {"WANDB_MODE": "disabled"})
+    wall = time.perf_counter() - start
+    if result.returncode != 0:
+        raise RuntimeError(f"the sweep failed (exit {result.returncode}):\n{result.stderr[-3000:]}")
+    runs = {}
+    for summary_path in sorted(sweep_dir.glob("*/summary.json")):
+        summary = json.loads(summary_path.read_text())
+        training = max(summary["train_seconds"] - summary["evaluation_seconds"], 1e-3)  # evaluations left out
+        runs[summary["experiment"]] = {
+            "steps": summary["steps"],
+            "train_seconds": round(summary["train_seconds"], 1),
+            "evaluation_seconds": round(summary["evaluation_seconds"], 1),
+            "steps_per_second": round(summary["steps"] / training, 3),
+            "mean_dice": round(sum(d for classes in summary["dice"].values() for d in classes.values() if d is not None)
+                               / max(1, sum(1 for classes in summary["dice"].values() for d in classes.values() if d is not None)), 3),
+        }
+    return {"wall_seconds": round(wall, 1), "runs": runs}
+
+
+def projection(runs: dict, steps_per_minibatch: dict[str, int]) -> dict:
+    """Hours the paper's schedule would take for each experiment at its measured steps/s, and in all."""
+    paper = conf_defaults("schedule/paper.yaml")["minibatches_per_task"]
+    hours = {
+        experiment: round(paper * steps_per_minibatch[experiment] / run["steps_per_second"] / 3600, 2)
+        for experiment, run in runs.items()
+    }
+    return {"minibatches_per_task": paper, "hours_per_experiment": hours, "hours_in_all_one_after_another": round(sum(hours.values()), 2)}
+
+
+def markdown(report: dict) -> str:
+    env = report["environment"]
+    lines = [f"# mtseg GPU check: {env.get('gpu', 'CPU')}", "", "| | |", "|---|---|"]
+    lines += [f"| {k} | {v} |" for k, v in env.items()]
+    lines += ["", "| training step (batch %d) | samples/s |" % report["batch_size"], "|---|---|"]
+    lines += [f"| {k} | {v:,.0f} |" for k, v in report["step_samples_per_second"].items()]
+    if "pipeline_samples_per_second" in report:
+        lines += ["", f"Pipeline: {report['pipeline_samples_per_second']:,.0f} samples/s, "
+                      f"{report['pipeline_over_step']:.1f}x the fp32 step."]
+    dense = report["dense_inference"]
+    lines += ["", f"Dense inference of {'x'.join(map(str, dense['shape']))}: {dense['seconds']} s "
+                  f"({dense['voxels_per_second']:,} voxels/s)"
+                  + ("." if dense["peak_gpu_memory_gib"] is None else f", peak GPU memory {dense['peak_gpu_memory_gib']} GiB.")]
+    if "sweep" in report:
+        lines += ["", f"Short sweep ({report['sweep_minibatches']} mini-batches per task): {report['sweep']['wall_seconds']} s in all.", "",
+                  "| experiment | steps | train s | eval s | steps/s | mean Dice |", "|---|---|---|---|---|---|"]
+        lines += [f"| {e} | {r['steps']} | {r['train_seconds']} | {r['evaluation_seconds']} | {r['steps_per_second']} | {r['mean_dice']} |"
+                  for e, r in report["sweep"]["runs"].items()]
+        p = report["projection"]
+        lines += ["", f"Projected paper schedule ({p['minibatches_per_task']:,} mini-batches per task), one experiment after "
+                      f"another: {p['hours_in_all_one_after_another']} h."]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m mtseg.gpu_check", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", default="gpu_check", help="folder for gpu_check.json and gpu_check.md")
+    parser.add_argument("--device", default="auto", help="auto (the GPU when present), cuda or cpu")
+    parser.add_argument("--batch-size", type=int, default=210)
+    parser.add_argument("--steps", type=int, default=20, help="training steps timed per precision")
+    parser.add_argument("--compile", action="store_true", help="also time bf16 with torch.compile of the stack")
+    parser.add_argument("--pipeline-batches", type=int, default=50, help="mini-batches timed for the pipeline (0: skip)")
+    parser.add_argument("--inference-shape", type=int, nargs=3, default=(256, 256, 256))
+    parser.add_argument("--minibatches", type=int, default=200, help="mini-batches per task of the short sweep (0: skip)")
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides for the model, data and sweep (e.g. model.depth=3)")
+    args = parser.parse_args(argv)
+    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
+    if device.type == "cuda":
+        torch.set_float32_matmul_precision("high")  # TF32, as training does on a GPU
+    from omegaconf import OmegaConf
+
+    cfg = train_config([f"data.batch_size={args.batch_size}", *args.overrides])
+    model = OmegaConf.to_container(cfg.model)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    report = {"environment": environment(device), "batch_size": args.batch_size}
+    print(json.dumps(report["environment"]), flush=True)
+    precisions = [("fp32", "fp32", False), ("bf16", "bf16", False)] + ([("bf16+compile", "bf16", True)] if args.compile else [])
+    report["step_samples_per_second"] = {
+        name: round(step_rate(model, args.batch_size, args.steps, device, precision, compiled), 1)
+        for name, precision, compiled in precisions
+    }
+    print(report["step_samples_per_second"], flush=True)
+    if args.pipeline_batches:
+        rate = pipeline_rate(cfg, args.pipeline_batches)
+        report["pipeline_samples_per_second"] = round(rate, 1)
+        report["pipeline_over_step"] = round(rate / report["step_samples_per_second"]["fp32"], 2)
+        print(f"pipeline {rate:.0f} samples/s", flush=True)
+    report["dense_inference"] = dense_inference(tuple(args.inference_shape), device, model)
+    print(report["dense_inference"], flush=True)
+    if args.minibatches:
+        report["sweep_minibatches"] = args.minibatches
+        report["sweep"] = short_sweep(out, args.minibatches, device, args.overrides)
+        per_minibatch = {e: len(experiment_tasks(e)) for e in report["sweep"]["runs"]}  # training=patch: T steps each
+        if any(o.startswith("training=dense") for o in args.overrides):
+            per_minibatch = dict.fromkeys(per_minibatch, 1)
+        report["projection"] = projection(report["sweep"]["runs"], per_minibatch)
+    (out / "gpu_check.json").write_text(json.dumps(report, indent=2))
+    (out / "gpu_check.md").write_text(markdown(report))
+    print(markdown(report))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
