@@ -269,3 +269,25 @@ def test_a_piped_run_shows_its_progress_and_no_library_noise(tmp_path):
     for noise in ("Tip:", "litlogger", "deprecated", "anonymous setting", "IterableDataset", "does not have many workers"):
         assert noise not in console, f"{noise!r} printed:\n{console[-3000:]}"
     assert "step 1/2 (1 mini-batches per task), loss " in result.stdout and "step 2/2" in result.stdout
+
+
+def test_a_sweep_through_submitit_gives_each_experiment_its_run(tmp_path):
+    """hydra/launcher=submitit_local: the launcher SLURM sweeps use (hydra/launcher=slurm), run locally."""
+    run_train(tmp_path, "hydra/launcher=submitit_local", "+experiment=breast,cta", "schedule.minibatches_per_task=2", "logger=none",
+              "hydra.sweep.dir=" + str(tmp_path / "sweep"), multirun=True)
+    runs = sorted(p.name for p in (tmp_path / "sweep").iterdir() if (p / "summary.json").is_file())
+    assert runs == ["0-breast-seed0", "1-cta-seed0"]
+    for run in runs:
+        assert (tmp_path / "sweep" / run / "metrics.csv").is_file() and (tmp_path / "sweep" / run / "checkpoints" / "last.ckpt").is_file()
+
+
+def test_the_slurm_launcher_config_composes_with_its_knobs():
+    from hydra import compose, initialize_config_dir
+
+    from mtseg import CONFIG_DIR
+
+    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose("train", overrides=["+experiment=brain", "hydra/launcher=slurm", "hydra.launcher.partition=gpu"],
+                      return_hydra_config=True)
+    launcher = cfg.hydra.launcher
+    assert launcher._target_.endswith("SlurmLauncher") and launcher.partition == "gpu" and launcher.gpus_per_node == 1
