@@ -10,16 +10,27 @@ EXPERIMENT ?= brain_breast_cta
 EXPERIMENTS = $(shell $(BIN)/python -c "from mtseg.tasks import EXPERIMENTS; print(','.join(EXPERIMENTS))")
 ARGS ?=
 
-.PHONY: install demo demo-paper train sweep figures test bench gpu-check data-brain clean
+.PHONY: install lock demo demo-paper train sweep figures test bench gpu-check data-brain clean
 
 install: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml Makefile
+# constraints.txt pins every other package to the versions CI tested, so a clone made later
+# installs what passed; `make lock` rewrites it from a fresh, unpinned install (the one upgrade command).
+$(VENV)/.installed: pyproject.toml Makefile constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet $(TORCH_SPEC)
-	$(BIN)/pip install --quiet -e ".[dev]"
+	$(BIN)/pip install --quiet -c constraints.txt -e ".[dev]"
 	touch $@
+
+lock:
+	rm -rf .venv-lock && $(PYTHON) -m venv .venv-lock
+	.venv-lock/bin/pip install --quiet --upgrade pip && .venv-lock/bin/pip install --quiet $(TORCH_SPEC)
+	.venv-lock/bin/pip install --quiet -e ".[dev]"
+	(echo "# The exact versions CI tested (pip constraints for \`make install\`; torch comes from TORCH_SPEC)."; \
+	 echo "# Regenerate after changing dependencies: make lock"; \
+	 .venv-lock/bin/pip freeze --exclude-editable | grep -v "^mtseg\|^torch==") > constraints.txt
+	rm -rf .venv-lock
 
 # Experiment 7 on phantoms, compute-sharing training (training=dense), CPU-sized: conf/preset/cpu_demo.yaml.
 demo: install
