@@ -55,7 +55,7 @@ class DiceCSVWriter(L.Callback):
         now = time.perf_counter()
         self._evaluation_seconds += now - self._evaluation_start
         train_seconds = float("nan") if self._start is None else self.training_seconds()
-        if trainer.sanity_checking or not pl_module.latest_dice:
+        if trainer.sanity_checking or not pl_module.latest_dice or not trainer.is_global_zero:  # one file under DDP
             return
         new_file = not self.path.exists()
         self.path.parent.mkdir(parents=True, exist_ok=True)

@@ -68,7 +68,7 @@ class LineProgress(L.Callback):
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx: int) -> None:
         now, step, total = time.perf_counter(), trainer.global_step, trainer.max_steps
-        if now - self._last < self.seconds and step < total:
+        if not trainer.is_global_zero or (now - self._last < self.seconds and step < total):
             return
         self._last = now
         done = step - self._first_step

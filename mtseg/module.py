@@ -157,17 +157,19 @@ class MultiTaskSegmentationModule(L.LightningModule):
         )
 
     def on_validation_epoch_end(self) -> None:
+        # under DDP every process evaluates every held-out image: the values are the same everywhere
+        # (sync_dist averages equal values; it only keeps Lightning from warning)
         self.latest_evaluation = evaluation = self.evaluator.compute()
         for (task, cls), dice in evaluation.mean_dice().items():
-            self.log(f"val/dice/{task}/{cls}", dice)
+            self.log(f"val/dice/{task}/{cls}", dice, sync_dist=True)
         for task, result in evaluation.tasks.items():
             if result.threshold is not None:
-                self.log(f"val/threshold/{task}", result.threshold)
-                self.log(f"val/pooled_dice/{task}", result.pooled_dice)
+                self.log(f"val/threshold/{task}", result.threshold, sync_dist=True)
+                self.log(f"val/pooled_dice/{task}", result.pooled_dice, sync_dist=True)
             if len(self.label_space.tasks) > 1:
-                self.log(f"val/confusion_percent/{task}", result.confusion_median)
+                self.log(f"val/confusion_percent/{task}", result.confusion_median, sync_dist=True)
         # the paper's x-axis (Fig. 2); choose it as the x-axis of W&B panels
-        self.log("minibatches_per_task", self.minibatches_per_task(self.global_step))
+        self.log("minibatches_per_task", self.minibatches_per_task(self.global_step), sync_dist=True)
 
     @property
     def latest_dice(self) -> dict[tuple[str, str], float]:

@@ -28,6 +28,7 @@ from hydra.types import RunMode
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities.exceptions import SIGTERMException
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from mtseg.baseline import intensity_baseline_dice
@@ -171,13 +172,15 @@ def train(cfg: DictConfig) -> dict:
         stored = torch.load(resume, map_location="cpu", weights_only=True)  # already checked by resumed_checkpoint
         resumed_step = int(stored.get("global_step", 0))
         module.wandb_run_id = stored["mtseg"].get("wandb_run_id")
-        continue_metrics(resume, resumed_step, run_dir / "metrics.csv")
+        if rank_zero_only.rank == 0:  # under DDP, one process writes the run directory
+            continue_metrics(resume, resumed_step, run_dir / "metrics.csv")
         log.info("Resuming %s at step %d of %d", resume, resumed_step, steps)
     if cfg.logger.get("wandb") is not None:  # logger=none: no W&B
         # a resumed run continues its W&B run (same id)
         same_run = {"id": module.wandb_run_id, "resume": "allow"} if module.wandb_run_id else {}
         logger = instantiate(cfg.logger.wandb, group=wandb_group(cfg), save_dir=str(run_dir), **same_run)
-        module.wandb_run_id = logger.experiment.id
+        if rank_zero_only.rank == 0:  # the other processes of DDP have no W&B run
+            module.wandb_run_id = logger.experiment.id
         logger.log_hyperparams(
             {**OmegaConf.to_container(cfg, resolve=True), "n_params": module.n_params, "n_tasks": n_tasks, "max_steps": steps}
         )
@@ -223,6 +226,8 @@ def train(cfg: DictConfig) -> dict:
             sys.exit(SIGTERM_EXIT)
         # a resumed run adds its earlier part: training and evaluations, as this part's wall clock does
         seconds = time.perf_counter() - start + curve.previous_seconds + timer.previous_seconds
+        if not trainer.is_global_zero:  # under DDP, process 0 writes the summary and prints the results
+            return {}
         summary = write_summary(
             run_dir / "summary.json",
             module=module,

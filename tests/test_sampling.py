@@ -186,3 +186,16 @@ def test_held_out_images_without_foreground_fail_before_training_for_pr_tasks():
     with pytest.raises(ValueError, match=r"held-out image\(s\) of task 'cta' .* \(cta_4\) hold no coronary_arteries"):
         limited.setup()
     toy_datamodule(["cta"], subjects=subjects).setup()  # all held-out images: one has foreground
+
+
+def test_each_ddp_process_draws_its_own_balanced_share_of_the_mini_batch():
+    dm = toy_datamodule(["breast", "cta"], batch_size=12)
+    dm.setup()
+    single = next(iter(dm.train_batches(2)))
+    shares = [next(iter(dm.train_batches(2, rank=rank, world_size=2))) for rank in (0, 1)]
+    assert len(single["target"]) == 12 and all(len(s["target"]) == 6 for s in shares)
+    for share in shares:  # task balance within each process
+        assert torch.bincount(share["task"], minlength=2).tolist() == [3, 3]
+    assert not torch.equal(shares[0]["planes"], shares[1]["planes"])  # streams seeded by rank
+    with pytest.raises(ValueError, match=r"data.batch_size=12 cannot be split over 5 processes"):
+        dm.train_batches(2, rank=0, world_size=5)

@@ -291,3 +291,17 @@ def test_the_slurm_launcher_config_composes_with_its_knobs():
                       return_hydra_config=True)
     launcher = cfg.hydra.launcher
     assert launcher._target_.endswith("SlurmLauncher") and launcher.partition == "gpu" and launcher.gpus_per_node == 1
+
+
+def test_ddp_on_two_cpu_processes_writes_one_run(tmp_path):
+    """trainer=ddp with 2 gloo processes: one metrics.csv (each evaluation once), one summary, the same step count."""
+    result = run_train(tmp_path, "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "+experiment=breast_cta",
+                       "logger=none", "hydra.run.dir=" + str(tmp_path / "run"))
+    run = tmp_path / "run"
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["steps"] == 8  # 4 mini-batches per task, 2 tasks: the single process's schedule
+    steps = [int(step) for step, *_ in learning_curve(run)]
+    assert steps == [4, 4, 8, 8]  # two classes per evaluation, written by process 0 only
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["last.ckpt", "step0000004.ckpt", "step0000008.ckpt"]
+    assert result.stdout.count("Final Dice") == 1
+    assert "sync_dist" not in result.stderr  # the evaluation is the same in every process: no warning

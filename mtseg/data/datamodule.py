@@ -28,6 +28,7 @@ from mtseg.data.sampling import (
     MinibatchStream,
     class_quotas,
     proportional_counts,
+    rank_keys,
     seeded_generator,
 )
 from mtseg.data.sources import task_subjects
@@ -364,26 +365,41 @@ class MultiTaskDataModule(L.LightningDataModule):
             for subject in self.subjects[task]["test"][:limit]
         ]
 
-    def _queue(self, task: str, segment: int = 0) -> tio.Queue:
+    def _queue(self, task: str, segment: int = 0, rank: int = 0) -> tio.Queue:
         cfg = self.sampling_queue
-        generator = seeded_generator(self.seed, SAMPLING, TASK_ORDER.index(task), segment)
+        generator = seeded_generator(self.seed, SAMPLING, TASK_ORDER.index(task), segment, *rank_keys(rank))
         if self.dense:
             sampler = ClassBalancedCubeSampler(self.radius, int(self.training["cube"]), int(cfg["samples_per_volume"]), generator)
         else:
             sampler = ClassBalancedTriplanarSampler(self.radius, int(cfg["samples_per_volume"]), generator)
         return sampling_queue(self.subjects[task]["train"], sampler, int(cfg["max_length"]), int(cfg["samples_per_volume"]))
 
-    def _queues(self, segment: int) -> dict[str, tio.Queue]:
-        return {task: self._queue(task, segment) for task in self.tasks}
-
-    def train_batches(self, length: int | None = None, start: int = 0, segment: int | None = None) -> TaskBalancedBatches | TaskBalancedCubes:
+    def train_batches(
+        self, length: int | None = None, start: int = 0, segment: int | None = None, rank: int = 0, world_size: int = 1
+    ) -> TaskBalancedBatches | TaskBalancedCubes:
         """Task-balanced mini-batches (of samples, or of cubes in dense mode) of steps ``start .. length - 1``
         (endless when ``length`` is ``None``), sampling restarted every ``segment`` steps
-        (:class:`~mtseg.data.sampling.MinibatchStream`)."""
-        stream = {"length": length, "start": start, "segment": segment, "seed": self.seed}
+        (:class:`~mtseg.data.sampling.MinibatchStream`).
+
+        With several processes (DDP), process ``rank`` of ``world_size`` draws its own stream
+        (seeded by its rank; rank 0's is the single-process stream) holding its share of the
+        global mini-batch: ``data.batch_size / world_size`` samples, or ``training.cubes_per_task /
+        world_size`` cubes of every task.
+        """
+        stream = {"length": length, "start": start, "segment": segment, "seed": self.seed, "rank": rank}
+        per_step, knob = (int(self.training["cubes_per_task"]), "training.cubes_per_task") if self.dense else (self.batch_size, "data.batch_size")
+        if per_step % world_size or (not self.dense and per_step // world_size < len(self.tasks)):
+            raise ValueError(
+                f"{knob}={per_step} cannot be split over {world_size} processes (trainer.devices x trainer.num_nodes): "
+                f"each needs an equal share{'' if self.dense else ', at least one sample of every task'}"
+            )
+
+        def new_queues(k: int) -> dict[str, tio.Queue]:
+            return {task: self._queue(task, k, rank) for task in self.tasks}
+
         if self.dense:
-            return TaskBalancedCubes(self._queues, self.label_space, int(self.training["cubes_per_task"]), **stream)
-        return TaskBalancedBatches(self._queues, self.label_space, self.batch_size, **stream)
+            return TaskBalancedCubes(new_queues, self.label_space, per_step // world_size, **stream)
+        return TaskBalancedBatches(new_queues, self.label_space, per_step // world_size, **stream)
 
     def train_dataloader(self) -> DataLoader:
         """The run's mini-batches from its current step on (a resumed run continues its stream);
@@ -393,7 +409,8 @@ class MultiTaskDataModule(L.LightningDataModule):
         start = trainer.global_step if trainer is not None else 0
         interval = getattr(trainer, "val_check_interval", None)
         segment = int(interval) if isinstance(interval, int) and interval > 0 else None
-        batches = self.train_batches(max_steps if max_steps > 0 else None, start, segment)
+        rank, world_size = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+        batches = self.train_batches(max_steps if max_steps > 0 else None, start, segment, rank, world_size)
         # its own generator: creating the loader must not draw from the process's random state
         return DataLoader(batches, batch_size=None, num_workers=0, generator=torch.Generator())
 

@@ -154,6 +154,11 @@ def seeded_generator(seed: int, *keys: int) -> torch.Generator:
 SAMPLING, TASK_SPLIT, QUEUE_SHUFFLE = 0, 2, 3
 
 
+def rank_keys(rank: int) -> tuple[int, ...]:
+    """Extra seed keys of process ``rank`` under DDP: none for rank 0, whose streams are the single process's."""
+    return () if rank == 0 else (rank,)
+
+
 class MinibatchStream(IterableDataset):
     """A stream of training mini-batches, each a function of (seed, its step) only.
 
@@ -172,9 +177,12 @@ class MinibatchStream(IterableDataset):
         start: The first step to yield (a resumed run's ``global_step``).
         segment: Steps per segment, or ``None`` for one segment.
         seed: The run's seed.
+        rank: The process's rank under DDP (its own stream; rank 0's is the single-process stream).
     """
 
-    def __init__(self, new_queues, length: int | None = None, start: int = 0, segment: int | None = None, seed: int = 0):
+    def __init__(
+        self, new_queues, length: int | None = None, start: int = 0, segment: int | None = None, seed: int = 0, rank: int = 0
+    ):
         if segment is not None and segment < 1:
             raise ValueError(f"segment must be positive or None, got {segment}")
         self.new_queues = new_queues
@@ -182,6 +190,7 @@ class MinibatchStream(IterableDataset):
         self.start = start
         self.segment = segment
         self.seed = seed
+        self.rank = rank
 
     def __len__(self) -> int:
         """The run's steps (``length``), also when resumed: Lightning counts a resumed epoch's batches
@@ -199,8 +208,8 @@ class MinibatchStream(IterableDataset):
         while self.length is None or step < self.length:
             k = step // self.segment if self.segment else 0
             if k != current:
-                current, generator = k, seeded_generator(self.seed, TASK_SPLIT, k)
-                state = seeded_generator(self.seed, QUEUE_SHUFFLE, k).get_state()
+                current, generator = k, seeded_generator(self.seed, TASK_SPLIT, k, *rank_keys(self.rank))
+                state = seeded_generator(self.seed, QUEUE_SHUFFLE, k, *rank_keys(self.rank)).get_state()
                 queues, state = self._private(lambda: self.new_queues(k), state)  # TorchIO draws when it builds a queue
                 for _ in range(k * (self.segment or 0), step):  # replay the segment up to a resumed step
                     _, state = self._private(lambda: self.draw(queues, generator), state)
