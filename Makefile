@@ -27,9 +27,11 @@ lock:
 	rm -rf .venv-lock && $(PYTHON) -m venv .venv-lock
 	.venv-lock/bin/pip install --quiet --upgrade pip && .venv-lock/bin/pip install --quiet $(TORCH_SPEC)
 	.venv-lock/bin/pip install --quiet -e ".[dev]"
+	.venv-lock/bin/pip freeze --exclude-editable > .venv-lock/freeze.txt  # fails the recipe if pip fails
 	(echo "# The exact versions CI tested (pip constraints for \`make install\`; torch comes from TORCH_SPEC)."; \
 	 echo "# Regenerate after changing dependencies: make lock"; \
-	 .venv-lock/bin/pip freeze --exclude-editable | grep -v "^mtseg\|^torch==") > constraints.txt
+	 grep -v "^mtseg\|^torch\( @\|==\)" .venv-lock/freeze.txt) > constraints.txt.new
+	mv constraints.txt.new constraints.txt
 	rm -rf .venv-lock
 
 # Experiment 7 on phantoms, compute-sharing training (training=dense), CPU-sized: conf/preset/cpu_demo.yaml.

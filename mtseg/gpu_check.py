@@ -9,8 +9,9 @@ Writes ``gpu_check.json`` and ``gpu_check.md`` into ``--out`` with:
    the phantoms) and its ratio to the fp32 step;
 4. dense inference of a ``--inference-shape`` volume (default 256³): seconds and peak GPU memory;
 5. a short sweep of the seven experiments (``--minibatches`` per task, whole-image evaluation
-   at the end, ``logger=none``) in one Hydra multirun, each run's steps/s, and the time the
-   full paper schedule (``schedule.minibatches_per_task`` of ``conf/schedule/paper.yaml``)
+   at the end, ``logger=none``) in one Hydra multirun, each run's steps/s (its training
+   seconds include set-up and the first queue fill: an underestimate at a short schedule),
+   and the time the full paper schedule (``schedule.minibatches_per_task`` of ``conf/schedule/paper.yaml``)
    would take at those rates, one experiment after another.
 
 It needs nothing beyond mtseg's own dependencies (no W&B), so it runs on a machine where
@@ -23,6 +24,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import time
@@ -136,6 +138,8 @@ def dense_inference(shape: tuple[int, int, int], device: torch.device, model: di
 def short_sweep(out: Path, minibatches: int, device: torch.device, overrides: list[str]) -> dict:
     """The seven experiments for ``minibatches`` per task in one multirun; per run: steps, seconds, Dice."""
     sweep_dir = out / "sweep"
+    if sweep_dir.exists():  # runs of an earlier check must not be counted
+        shutil.rmtree(sweep_dir)
     accelerator = "gpu" if device.type == "cuda" else "cpu"
     command = [
         sys.executable, "-m", "mtseg.train", "-m", f"+experiment={','.join(EXPERIMENTS)}", "logger=none",
@@ -153,6 +157,7 @@ def short_sweep(out: Path, minibatches: int, device: torch.device, overrides: li
         training = max(summary["train_seconds"] - summary["evaluation_seconds"], 1e-3)  # evaluations left out
         runs[summary["experiment"]] = {
             "steps": summary["steps"],
+            "steps_per_minibatch": summary["steps"] / summary["minibatches_per_task"],  # T (patch) or 1 (dense)
             "train_seconds": round(summary["train_seconds"], 1),
             "evaluation_seconds": round(summary["evaluation_seconds"], 1),
             "steps_per_second": round(summary["steps"] / training, 3),
@@ -235,9 +240,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.minibatches:
         report["sweep_minibatches"] = args.minibatches
         report["sweep"] = short_sweep(out, args.minibatches, device, args.overrides)
-        per_minibatch = {e: len(experiment_tasks(e)) for e in report["sweep"]["runs"]}  # training=patch: T steps each
-        if any(o.startswith("training=dense") for o in args.overrides):
-            per_minibatch = dict.fromkeys(per_minibatch, 1)
+        per_minibatch = {e: r["steps_per_minibatch"] for e, r in report["sweep"]["runs"].items()}
         report["projection"] = projection(report["sweep"]["runs"], per_minibatch)
     (out / "gpu_check.json").write_text(json.dumps(report, indent=2))
     (out / "gpu_check.md").write_text(markdown(report))

@@ -9,7 +9,9 @@ destination folder, renamed when complete, so a failure never leaves a partial f
 from __future__ import annotations
 
 import os
+import signal
 import tempfile
+import threading
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -223,9 +225,17 @@ def atomic_write_all(writes) -> None:
             write(temporary)
         umask = os.umask(0)
         os.umask(umask)
-        for path, temporary in staged:
+        for _, temporary in staged:
             os.chmod(temporary, 0o666 & ~umask)  # mkstemp's files are private; give the usual permissions
-            os.replace(temporary, path)
+        # the renames are one step: SIGTERM and SIGINT wait until all are done (main thread)
+        blocked = {signal.SIGTERM, signal.SIGINT} if threading.current_thread() is threading.main_thread() else set()
+        previous = signal.pthread_sigmask(signal.SIG_BLOCK, blocked) if blocked else None
+        try:
+            for path, temporary in staged:
+                os.replace(temporary, path)
+        finally:
+            if blocked:
+                signal.pthread_sigmask(signal.SIG_SETMASK, previous)
     except BaseException:
         for _, temporary in staged:
             Path(temporary).unlink(missing_ok=True)

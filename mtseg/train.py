@@ -16,7 +16,10 @@ from __future__ import annotations
 
 import csv
 import logging
+import os
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -72,11 +75,13 @@ def resumed_checkpoint(cfg: DictConfig) -> Path | None:
     if list(stored["tasks"]) != list(experiment_tasks(cfg.experiment)):
         raise ValueError(f"ckpt_path={path} belongs to experiment {loaded.label_space.experiment}, not {cfg.experiment}")
     tasks = list(experiment_tasks(cfg.experiment))
-    derived = {  # as training stores them; where the data lies (root) may move
-        "data": {k: v for k, v in data_without_preprocessing(cfg.data, tasks).items() if k != "root"},
+    if stored.get("data") is None:
+        raise ValueError(f"ckpt_path={path} was written by an older mtseg that does not store its data config; it cannot be resumed")
+    derived = {  # as training stores them
+        "data": without_roots(data_without_preprocessing(cfg.data, tasks)),
         "preprocessing": {t: OmegaConf.to_container(cfg.data[t].preprocessing, resolve=True) for t in tasks},
     }
-    stored = {**stored, "data": {k: v for k, v in (stored.get("data") or {}).items() if k != "root"}}
+    stored = {**stored, "data": without_roots(stored["data"])}
     for key, name in RESUME_SETTINGS:
         current = derived[key] if key in derived else OmegaConf.select(cfg, key)
         current = OmegaConf.to_container(current) if OmegaConf.is_config(current) else current
@@ -88,6 +93,12 @@ def resumed_checkpoint(cfg: DictConfig) -> Path | None:
                 "a resumed run keeps its settings (start a new run to change them)"
             )
     return path
+
+
+def without_roots(data: dict) -> dict:
+    """The data config without where the data lies (``root``, at the top and per task): a resumed
+    run may read the same data from another place (a node's scratch disk, say)."""
+    return {k: without_roots(v) if isinstance(v, dict) else v for k, v in data.items() if k != "root"}
 
 
 def _plain(value):
@@ -134,6 +145,12 @@ def train(cfg: DictConfig) -> dict:
         if cfg.schedule[knob] < 1:
             raise ValueError(f"schedule.{knob} must be at least 1, got {cfg.schedule[knob]}")
     quiet_libraries()
+    if str(cfg.trainer.get("strategy", "")).startswith("ddp") and HydraConfig.get().mode == RunMode.MULTIRUN \
+            and "submitit" not in str(HydraConfig.get().launcher.get("_target_", "")):
+        raise ValueError(
+            "trainer=ddp in a local multirun (-m): Lightning starts the other processes by re-running the command, "
+            "so each would run the whole sweep; run each experiment on its own, or sweep with hydra/launcher=slurm"
+        )
     resume = resumed_checkpoint(cfg)
     L.seed_everything(cfg.seed, workers=True)
     if torch.cuda.is_available():
@@ -208,6 +225,9 @@ def train(cfg: DictConfig) -> dict:
         default_root_dir=str(run_dir),
         **({"enable_progress_bar": False} if piped else {}),
     )
+    if threading.current_thread() is threading.main_thread():
+        # SLURM through submitit warns of the time limit with SIGUSR2: handled as SIGTERM (save, exit 143)
+        signal.signal(signal.SIGUSR2, lambda *_: os.kill(os.getpid(), signal.SIGTERM))
     try:
         start = time.perf_counter()
         try:

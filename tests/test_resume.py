@@ -97,3 +97,12 @@ def test_ctrl_c_during_training_keeps_the_last_evaluations_checkpoint(tmp_path):
     # Ctrl+C may land inside an optimiser step: nothing is saved then, last.ckpt is the evaluation's at step 2
     assert torch.load(last, map_location="cpu", weights_only=True)["global_step"] == 2
     assert not (tmp_path / "run" / "summary.json").exists()
+
+
+def test_slurms_time_limit_warning_sigusr2_stops_like_sigterm(tmp_path):
+    """submitit asks SLURM for SIGUSR2 before the time limit: the run saves last.ckpt and exits 143."""
+    stopped = killed_run(tmp_path, 3, "+experiment=breast", "schedule.minibatches_per_task=6", "hydra.run.dir=" + str(tmp_path / "run"),
+                         signal_name="SIGUSR2")
+    assert stopped.returncode == 143, stopped.stderr[-2000:]
+    last = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    assert torch.load(last, map_location="cpu", weights_only=True)["global_step"] == 3

@@ -305,3 +305,11 @@ def test_ddp_on_two_cpu_processes_writes_one_run(tmp_path):
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["last.ckpt", "step0000004.ckpt", "step0000008.ckpt"]
     assert result.stdout.count("Final Dice") == 1
     assert "sync_dist" not in result.stderr  # the evaluation is the same in every process: no warning
+
+
+def test_ddp_in_a_local_multirun_is_refused(tmp_path):
+    env = os.environ | {"WANDB_MODE": "disabled", "MTSEG_DATA_DIR": str(tmp_path / "data"), "MTSEG_OUTPUT_DIR": str(tmp_path / "out")}
+    command = [sys.executable, "-m", "mtseg.train", "-m", *TINY, "+experiment=breast,cta", "trainer=ddp", "trainer.accelerator=cpu",
+               "trainer.devices=2", "logger=none", "hydra.sweep.dir=" + str(tmp_path / "sweep")]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1 and "trainer=ddp in a local multirun" in result.stderr and "Traceback" not in result.stderr
