@@ -14,11 +14,9 @@ import csv
 import json
 import logging
 import sys
-import time
 from pathlib import Path
 
 import hydra
-import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
@@ -30,8 +28,8 @@ from mtseg.nifti import atomic_write_bytes, check_outputs, read_image, to_input_
 from mtseg.signals import SIGTERM_EXIT, Terminated, sigterm_raises
 
 log = logging.getLogger(__name__)
-#: When this process started evaluating (folders created later are this call's own).
-STARTED = time.time()
+#: Whether the output folder existed before Hydra made it for this call (set when run as a command).
+OUTPUT_EXISTED: bool | None = None
 
 
 def evaluation_dir(ckpt_path: str, output_dir: str | None) -> str:
@@ -155,9 +153,8 @@ def main(cfg: DictConfig) -> None:
         status = SIGTERM_EXIT
     else:
         return
-    # the output folder Hydra made for this call, if nothing was written (never one that was there before)
-    with contextlib.suppress(OSError):
-        if out_dir.stat().st_ctime >= STARTED:
+    if OUTPUT_EXISTED is False:  # the output folder Hydra made for this call, if nothing was written
+        with contextlib.suppress(OSError):
             out_dir.rmdir()
     sys.exit(status)
 
@@ -165,4 +162,7 @@ def main(cfg: DictConfig) -> None:
 if __name__ == "__main__":
     # conf/evaluate.yaml names its output folder with this resolver; registered here, not on import
     OmegaConf.register_new_resolver("evaluation_dir", evaluation_dir, replace=True)
+    given = dict(arg.split("=", 1) for arg in sys.argv[1:] if arg.split("=", 1)[0] in ("ckpt_path", "output_dir") and "=" in arg)
+    output = given.get("output_dir")
+    OUTPUT_EXISTED = Path(evaluation_dir(given.get("ckpt_path", ""), None if output in (None, "null") else output)).exists()
     main()

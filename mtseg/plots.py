@@ -160,7 +160,7 @@ def plot_learning_curves(runs: Sequence[RunRecord]) -> plt.Figure:
         ax.set_ylabel("Dice")
     for ax in list(axes.flat)[len(present):]:
         ax.axis("off")
-    handles, labels = {}, {}
+    handles = {}
     for ax in axes.flat:
         for handle, label in zip(*ax.get_legend_handles_labels()):
             handles.setdefault(label, handle)

@@ -6,7 +6,6 @@ and the problem, no traceback, no file left behind and every input unchanged.
 
 import hashlib
 import os
-import resource
 import signal
 import subprocess
 import sys

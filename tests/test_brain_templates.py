@@ -9,7 +9,6 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from mtseg.data import brain_templates
 from mtseg.data.brain_templates import build_brain_templates, load_build_config
 from mtseg.data.check import check_dataset
 from mtseg.data.sources import task_subjects
