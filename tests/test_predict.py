@@ -205,3 +205,17 @@ def test_the_python_api_gives_the_command_line_result_voxel_for_voxel(tmp_path, 
     pinned = segmenter.segment(image, task="brain", probabilities=True)
     assert pinned.task == "brain" and set(pinned.probabilities) == set(pinned.class_names)
     assert pinned.probabilities["background"].shape == pinned.labels.shape
+
+
+def test_a_phantom_segmented_through_the_api_matches_the_command_line(tmp_path, breast_network):
+    from mtseg import Segmenter
+    from mtseg.data.phantoms import PhantomSpec, generate_phantom
+
+    image, _, affine = generate_phantom(PhantomSpec("breast", (40, 32, 32), 3.3), seed=3)
+    scan = tmp_path / "breast_phantom.nii.gz"
+    nib.save(nib.Nifti1Image(image, affine), scan)
+    assert main(["--checkpoint", str(breast_network), "--input", str(scan), "--output", str(tmp_path / "cli.nii.gz")]) == 0
+    result = Segmenter.from_checkpoint(breast_network, device="cpu").segment(scan)
+    cli = json.loads((tmp_path / "cli.json").read_text())
+    assert result.recognition == cli  # the same report, field for field
+    assert np.array_equal(result.labels.numpy(), np.asarray(nib.load(tmp_path / "cli.nii.gz").dataobj))
