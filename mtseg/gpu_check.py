@@ -12,7 +12,9 @@ Writes ``gpu_check.json`` and ``gpu_check.md`` into ``--out`` with:
    at the end, ``logger=none``) in one Hydra multirun, each run's steps/s (its training
    seconds include set-up and the first queue fill: an underestimate at a short schedule),
    and the time the full paper schedule (``schedule.minibatches_per_task`` of ``conf/schedule/paper.yaml``)
-   would take at those rates, one experiment after another.
+   would take at those rates, one experiment after another;
+6. the same sweep with ``--concurrent`` experiments at once on the device (Hydra's joblib
+   launcher), and its speed-up over one after another.
 
 It needs nothing beyond mtseg's own dependencies (no W&B), so it runs on a machine where
 nothing can be installed. ``--device cpu`` with small settings runs it anywhere (the tests do).
@@ -135,16 +137,21 @@ def dense_inference(shape: tuple[int, int, int], device: torch.device, model: di
             "peak_gpu_memory_gib": None if peak is None else round(peak, 2)}
 
 
-def short_sweep(out: Path, minibatches: int, device: torch.device, overrides: list[str]) -> dict:
-    """The seven experiments for ``minibatches`` per task in one multirun; per run: steps, seconds, Dice."""
-    sweep_dir = out / "sweep"
+def short_sweep(out: Path, minibatches: int, device: torch.device, overrides: list[str], concurrent: int = 1) -> dict:
+    """The seven experiments for ``minibatches`` per task in one multirun; per run: steps, seconds, Dice.
+
+    ``concurrent`` > 1 runs that many experiments at once (Hydra's joblib launcher, one process
+    each, sharing the device), one after another otherwise.
+    """
+    sweep_dir = out / ("sweep" if concurrent == 1 else f"sweep_{concurrent}_at_once")
+    launcher = [] if concurrent == 1 else ["hydra/launcher=joblib", f"hydra.launcher.n_jobs={concurrent}"]
     if sweep_dir.exists():  # runs of an earlier check must not be counted
         shutil.rmtree(sweep_dir)
     accelerator = "gpu" if device.type == "cuda" else "cpu"
     command = [
         sys.executable, "-m", "mtseg.train", "-m", f"+experiment={','.join(EXPERIMENTS)}", "logger=none",
         f"trainer.accelerator={accelerator}", f"schedule.minibatches_per_task={minibatches}", f"schedule.eval_every={minibatches}",
-        f"hydra.sweep.dir={sweep_dir}", *overrides,
+        f"hydra.sweep.dir={sweep_dir}", *launcher, *overrides,
     ]
     start = time.perf_counter()
     result = subprocess.run(command, capture_output=True, text=True, env=os.environ | {"WANDB_MODE": "disabled"})
@@ -198,6 +205,10 @@ def markdown(report: dict) -> str:
         p = report["projection"]
         lines += ["", f"Projected paper schedule ({p['minibatches_per_task']:,} mini-batches per task), one experiment after "
                       f"another: {p['hours_in_all_one_after_another']} h."]
+    if "concurrent" in report:
+        c = report["concurrent"]
+        lines += ["", f"The same sweep with {c['jobs_at_once']} experiments at once (Hydra's joblib launcher): {c['wall_seconds']} s, "
+                      f"{c['speed-up_over_one_after_another']}x the speed of one after another."]
     return "\n".join(lines) + "\n"
 
 
@@ -211,6 +222,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pipeline-batches", type=int, default=50, help="mini-batches timed for the pipeline (0: skip)")
     parser.add_argument("--inference-shape", type=int, nargs=3, default=(256, 256, 256))
     parser.add_argument("--minibatches", type=int, default=200, help="mini-batches per task of the short sweep (0: skip)")
+    parser.add_argument("--concurrent", type=int, default=7,
+                        help="also run the short sweep with this many experiments at once on the device (joblib; 0: skip)")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides for the model, data and sweep (e.g. model.depth=3)")
     args = parser.parse_args(argv)
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
@@ -242,6 +255,13 @@ def main(argv: list[str] | None = None) -> int:
         report["sweep"] = short_sweep(out, args.minibatches, device, args.overrides)
         per_minibatch = {e: r["steps_per_minibatch"] for e, r in report["sweep"]["runs"].items()}
         report["projection"] = projection(report["sweep"]["runs"], per_minibatch)
+        if args.concurrent > 1:
+            together = short_sweep(out, args.minibatches, device, args.overrides, args.concurrent)
+            report["concurrent"] = {
+                "jobs_at_once": args.concurrent,
+                "wall_seconds": together["wall_seconds"],
+                "speed-up_over_one_after_another": round(report["sweep"]["wall_seconds"] / together["wall_seconds"], 2),
+            }
     (out / "gpu_check.json").write_text(json.dumps(report, indent=2))
     (out / "gpu_check.md").write_text(markdown(report))
     print(markdown(report))
