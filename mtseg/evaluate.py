@@ -55,20 +55,22 @@ def evaluate_checkpoint(
     return evaluator.compute()
 
 
-def write_results(result: EvaluationResult, out_dir: Path, loaded: LoadedCheckpoint, datamodule, write_predictions: bool) -> dict:
-    """results.json, per_image.csv and the predicted NIfTIs; returns the results dict.
-
-    Results of an earlier evaluation in ``out_dir`` are replaced; an input (a test image or
-    label, the checkpoint) never is, whatever ``output_dir`` says.
-    """
+def check_evaluation_outputs(out_dir: Path, loaded: LoadedCheckpoint, datamodule, write_predictions: bool) -> None:
+    """Before any image is segmented: results of an earlier evaluation in ``out_dir`` may be replaced,
+    an input (a test image or label, the checkpoint) never, whatever ``output_dir`` says."""
     outputs = [out_dir / "results.json", out_dir / "per_image.csv", thresholds_path(loaded.path)]
     inputs = {"checkpoint": loaded.path}
-    for task, task_result in result.tasks.items():
-        for subject, image_result in zip(datamodule.subjects[task]["test"], task_result.images):
-            inputs |= {f"{task} test image": subject[IMAGE].path, f"{task} test label": subject[LABEL].path}
+    for task in loaded.label_space.tasks:
+        for subject in datamodule.subjects[task]["test"]:
+            case = subject["case_id"]
+            inputs |= {f"{task} test image {case}": subject[IMAGE].path, f"{task} test label {case}": subject[LABEL].path}
             if write_predictions:
-                outputs.append(out_dir / "predictions" / task / f"{image_result.case_id}.nii.gz")
+                outputs.append(out_dir / "predictions" / task / f"{case}.nii.gz")
     check_outputs(outputs, {k: v for k, v in inputs.items() if v is not None}, overwrite=True)
+
+
+def write_results(result: EvaluationResult, out_dir: Path, loaded: LoadedCheckpoint, datamodule, write_predictions: bool) -> dict:
+    """results.json, per_image.csv and the predicted NIfTIs; returns the results dict."""
     results = {
         "checkpoint": str(loaded.path),
         "global_step": loaded.global_step,
@@ -101,6 +103,7 @@ def evaluate(cfg: DictConfig) -> dict:
     out_dir = Path(HydraConfig.get().runtime.output_dir)
     loaded = load_checkpoint(cfg.ckpt_path)
     datamodule = test_datamodule(loaded, cfg.data)
+    check_evaluation_outputs(out_dir, loaded, datamodule, cfg.write_predictions)
     result = evaluate_checkpoint(
         loaded, datamodule, cfg.evaluation.pr_thresholds, cfg.evaluation.slab_voxels, cfg.write_predictions, select_device(cfg.device),
         cfg.surface_distances,

@@ -36,7 +36,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from mtseg.baseline import intensity_baseline_dice
 from mtseg.callbacks import METRICS_COLUMNS, DiceCSVWriter, EvaluationTimer, SaveOnSigterm, WandbSegmentationOverlays
-from mtseg.checkpoint import load_checkpoint
+from mtseg.checkpoint import LoadedCheckpoint, load_checkpoint
 from mtseg.console import LineProgress, quiet_libraries
 from mtseg.experiment_configs import register_experiment_configs
 from mtseg.evaluation import results_table
@@ -65,16 +65,16 @@ RESUME_SETTINGS = (("model", "model"), ("training", "training"), ("schedule", "s
                    ("optimizer.lr", "lr"), ("optimizer.betas", "betas"), ("data", "data"), ("preprocessing", "preprocessing"))
 
 
-def resumed_checkpoint(cfg: DictConfig) -> Path | None:
-    """``ckpt_path``, checked: a safe mtseg checkpoint of this experiment with this run's settings."""
+def resumed_checkpoint(cfg: DictConfig) -> LoadedCheckpoint | None:
+    """``ckpt_path``, loaded and checked: a safe mtseg checkpoint of this experiment with this run's settings."""
     if not cfg.get("ckpt_path"):
         return None
     path = Path(cfg.ckpt_path)
     loaded = load_checkpoint(path)  # weights only, clear errors for a foreign or damaged file
     stored = loaded.module.hparams
-    if list(stored["tasks"]) != list(experiment_tasks(cfg.experiment)):
-        raise ValueError(f"ckpt_path={path} belongs to experiment {loaded.label_space.experiment}, not {cfg.experiment}")
     tasks = list(experiment_tasks(cfg.experiment))
+    if list(stored["tasks"]) != tasks:
+        raise ValueError(f"ckpt_path={path} belongs to experiment {loaded.label_space.experiment}, not {cfg.experiment}")
     if stored.get("data") is None:
         raise ValueError(f"ckpt_path={path} was written by an older mtseg that does not store its data config; it cannot be resumed")
     derived = {  # as training stores them
@@ -92,7 +92,7 @@ def resumed_checkpoint(cfg: DictConfig) -> Path | None:
                 f"ckpt_path={path} was trained with {key}={_plain(stored[name])}, this run has {key}={_plain(current)}; "
                 "a resumed run keeps its settings (start a new run to change them)"
             )
-    return path
+    return loaded
 
 
 def without_roots(data: dict) -> dict:
@@ -184,14 +184,11 @@ def train(cfg: DictConfig) -> dict:
     steps = cfg.schedule.minibatches_per_task * per_minibatch
     val_every = min(cfg.schedule.eval_every, cfg.schedule.minibatches_per_task) * per_minibatch
     logger = None
-    resumed_step = 0
     if resume is not None:
-        stored = torch.load(resume, map_location="cpu", weights_only=True)  # already checked by resumed_checkpoint
-        resumed_step = int(stored.get("global_step", 0))
-        module.wandb_run_id = stored["mtseg"].get("wandb_run_id")
+        module.wandb_run_id = resume.meta.get("wandb_run_id")
         if rank_zero_only.rank == 0:  # under DDP, one process writes the run directory
-            continue_metrics(resume, resumed_step, run_dir / "metrics.csv")
-        log.info("Resuming %s at step %d of %d", resume, resumed_step, steps)
+            continue_metrics(resume.path, resume.global_step, run_dir / "metrics.csv")
+        log.info("Resuming %s at step %d of %d", resume.path, resume.global_step, steps)
     if cfg.logger.get("wandb") is not None:  # logger=none: no W&B
         # a resumed run continues its W&B run (same id)
         same_run = {"id": module.wandb_run_id, "resume": "allow"} if module.wandb_run_id else {}
@@ -231,7 +228,7 @@ def train(cfg: DictConfig) -> dict:
     try:
         start = time.perf_counter()
         try:
-            trainer.fit(module, datamodule=datamodule, ckpt_path=resume, weights_only=True)
+            trainer.fit(module, datamodule=datamodule, ckpt_path=None if resume is None else resume.path, weights_only=True)
             if trainer.global_step % val_every:  # the schedule did not end on an evaluation
                 trainer.validate(module, datamodule=datamodule, verbose=False)
                 trainer.save_checkpoint(checkpoints / f"step{trainer.global_step:07d}.ckpt")

@@ -302,3 +302,24 @@ def test_figures_on_malformed_runs_is_a_clear_error(tmp_path, capsys):
     assert snapshot(tmp_path) == {**before, run / "metrics.csv": snapshot(tmp_path)[run / "metrics.csv"]}
     assert figures([str(tmp_path / "nothing-here")]) == 1
     assert "nothing-here" in capsys.readouterr().err
+
+
+def test_evaluate_refuses_an_output_folder_whose_predictions_would_replace_a_test_image(tmp_path, network):
+    from types import SimpleNamespace
+
+    from mtseg.checkpoint import load_checkpoint
+    from mtseg.evaluate import check_evaluation_outputs
+
+    out = tmp_path / "evaluation"
+    images = out / "predictions" / "breast"
+    images.mkdir(parents=True)
+    second = images / "case_1.nii.gz"  # the second of two test images: every image is checked, not only the last
+    second.write_bytes(b"a precious scan")
+
+    def subject(case):
+        return {"case_id": case, "image": SimpleNamespace(path=images / f"{case}.nii.gz"), "label": SimpleNamespace(path=None)}
+
+    datamodule = SimpleNamespace(subjects={"brain": {"test": []}, "breast": {"test": [subject("case_1"), subject("case_2")]}})
+    with pytest.raises(ValueError, match="would replace the breast test image case_1"):
+        check_evaluation_outputs(out, load_checkpoint(network), datamodule, write_predictions=True)
+    assert second.read_bytes() == b"a precious scan"

@@ -219,14 +219,11 @@ class MinibatchStream(IterableDataset):
 
     @staticmethod
     def _private(call, state: torch.Tensor):
-        """``call()`` with the process's torch random state swapped for the stream's ``state``;
-        returns its result and the stream's new state."""
-        outer = torch.get_rng_state()
-        torch.set_rng_state(state)
-        try:
+        """``call()`` on the stream's CPU random ``state`` (``torch.random.fork_rng`` restores the process's
+        afterwards); returns its result and the stream's new state."""
+        with torch.random.fork_rng(devices=[]):
+            torch.set_rng_state(state)
             return call(), torch.get_rng_state()
-        finally:
-            torch.set_rng_state(outer)
 
 
 class ClassBalancedTriplanarSampler(RandomSampler):
