@@ -139,6 +139,23 @@ def checked_nifti(path: str | Path, limits: ImageLimits | None = None) -> nib.Ni
     return nifti
 
 
+def read_voxels(path: str | Path, limits: ImageLimits | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The 3-D voxels (as stored) and the affine of the NIfTI file ``path``, read once its header has
+    passed :func:`checked_nifti` (so a header declaring more than the file holds is refused unread).
+
+    Raises:
+        FileNotFoundError: The file does not exist.
+        ValueError: Naming ``path``: not NIfTI, a header that :func:`checked_nifti` refuses, or voxel
+            data that cannot be read (e.g. corrupt gzip data).
+    """
+    nifti = checked_nifti(path, limits)
+    try:
+        data = np.asanyarray(nifti.dataobj)
+    except (OSError, EOFError, zlib.error, ValueError, nib.filebasedimages.ImageFileError) as error:
+        raise ValueError(f"{path}: cannot be read as NIfTI ({type(error).__name__}: {error})") from None
+    return (data[..., 0] if data.ndim == 4 else data), nifti.affine  # checked: 3-D, or 4-D with one volume
+
+
 def read_image(path: str | Path, limits: ImageLimits | None = None) -> tio.ScalarImage:
     """A 3-D NIfTI image as a TorchIO image, checked: the header (:func:`checked_nifti`), then
     finite intensities.
@@ -149,17 +166,11 @@ def read_image(path: str | Path, limits: ImageLimits | None = None) -> tio.Scala
             or NaN or infinite intensities.
     """
     path = Path(path)
-    nifti = checked_nifti(path, limits)
-    try:
-        data = np.asanyarray(nifti.dataobj)
-    except Exception as error:
-        raise ValueError(f"{path}: cannot be read as NIfTI ({type(error).__name__}: {error})") from None
-    if data.ndim == 4:
-        data = data[..., 0]
+    data, affine = read_voxels(path, limits)
     data = data.astype(np.float32)
     if not np.isfinite(data).all():
         raise ValueError(f"{path}: holds {int((~np.isfinite(data)).sum())} NaN or infinite intensities")
-    return tio.ScalarImage(tensor=torch.from_numpy(data)[None], affine=nifti.affine, path=path)
+    return tio.ScalarImage(tensor=torch.from_numpy(data)[None], affine=affine, path=path)
 
 
 def check_writable(path: str | Path) -> Path:

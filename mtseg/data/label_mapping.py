@@ -22,7 +22,6 @@ check a file's header before reading its voxels (:func:`mtseg.nifti.checked_nift
 
 from __future__ import annotations
 
-import zlib
 from collections.abc import Iterable, Mapping, Sequence
 from contextlib import suppress
 from dataclasses import dataclass
@@ -34,7 +33,7 @@ import torch
 from omegaconf import OmegaConf
 
 from mtseg import CONFIG_DIR
-from mtseg.nifti import atomic_write_bytes, check_outputs, checked_nifti, is_nifti_path
+from mtseg.nifti import atomic_write_bytes, check_outputs, is_nifti_path, read_voxels
 from mtseg.tasks import BACKGROUND, get_task
 
 #: Folder of the label mapping schemes (``conf/label_map``).
@@ -167,32 +166,6 @@ class LabelMapping:
         """TorchIO reader of a label file: mapped labels ``(1, X, Y, Z)`` (uint8) and the affine."""
         data, affine = read_voxels(path)
         return torch.from_numpy(self.apply(data, path))[None], affine
-
-
-def require_3d(data: np.ndarray, path: str | Path) -> np.ndarray:
-    """``data`` as a 3-D array (a trailing axis of length 1 is dropped), or a ValueError naming ``path``."""
-    if data.ndim == 4 and data.shape[3] == 1:
-        data = data[..., 0]
-    if data.ndim != 3 or min(data.shape) < 1:
-        raise ValueError(f"{path}: expected a 3-D image, got shape {tuple(data.shape)}")
-    return data
-
-
-def read_voxels(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
-    """The 3-D voxels and the affine of the NIfTI file ``path``, read once its header has passed
-    :func:`mtseg.nifti.checked_nifti` (so a header declaring more than the file holds is refused unread).
-
-    Raises:
-        FileNotFoundError: The file does not exist.
-        ValueError: Naming ``path``: not NIfTI, a header that :func:`~mtseg.nifti.checked_nifti`
-            refuses, or voxel data that cannot be read (e.g. corrupt gzip data).
-    """
-    nifti = checked_nifti(path)
-    try:
-        data = np.asanyarray(nifti.dataobj)
-    except (OSError, EOFError, zlib.error, ValueError) as error:
-        raise ValueError(f"{path}: cannot be read as NIfTI ({type(error).__name__}: {error})") from None
-    return require_3d(data, path), nifti.affine
 
 
 def read_scalar_image(path: str | Path) -> tuple[torch.Tensor, np.ndarray]:
