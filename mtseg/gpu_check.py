@@ -69,7 +69,7 @@ def step_rate(model: dict, batch_size: int, steps: int, device: torch.device, pr
     module = MultiTaskSegmentationModule(tasks, model=model).to(device)
     if compile_stack:
         module.net.features = torch.compile(module.net.features)
-    optimizer = module.configure_optimizers()
+    optimizer = module.build_optimizer()
     size = module.net.patch_size
     space = LabelSpace(tasks)
     batch = {

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import warnings
 
 from collections.abc import Mapping, Sequence
@@ -40,8 +41,11 @@ class MultiTaskSegmentationModule(L.LightningModule):
     Args:
         tasks: Tasks of the experiment; fixes the output channels.
         model: Keyword arguments of :class:`TriplanarCNN` (``depth``, ``width``, ``fc_width``, ``dropout``).
-        lr: Adam learning rate.
+        lr: Adam learning rate (the peak one under a schedule).
         betas: Adam betas.
+        lr_decay: ``"constant"`` (the paper: Adam at ``lr`` throughout) or ``"cosine"``
+            (from ``lr`` after the warm-up down to 0 as the run ends).
+        warmup: Fraction of the steps over which the learning rate rises linearly from 0 to ``lr``.
         preprocessing: Each task's ``preprocessing`` config (spacing, threshold, intensity
             transforms), stored so a checkpoint says how to prepare a new image.
         pad_value: Normalised intensity outside the volume used in training.
@@ -61,6 +65,8 @@ class MultiTaskSegmentationModule(L.LightningModule):
         model: Mapping[str, Any],
         lr: float = 1e-3,
         betas: Sequence[float] = (0.9, 0.999),
+        lr_decay: str = "constant",
+        warmup: float = 0.0,
         preprocessing: Mapping[str, Any] | None = None,
         pad_value: float = 0.0,
         evaluation: Mapping[str, Any] | None = None,
@@ -75,6 +81,10 @@ class MultiTaskSegmentationModule(L.LightningModule):
         self.net = TriplanarCNN(self.label_space.n_classes, **dict(model))
         if training is not None and training.get("mode") == "dense" and training.get("batch_renorm") is not None:
             self.net.set_batch_renorm(training["batch_renorm"])  # a mini-batch of a few cubes is no representative sample
+        if lr_decay not in LR_DECAYS:
+            raise ValueError(f"optimizer.lr_decay must be one of {list(LR_DECAYS)}, got {lr_decay!r}")
+        if not 0.0 <= warmup < 1.0:
+            raise ValueError(f"optimizer.warmup is a fraction of the steps in [0, 1), got {warmup}")
         self.lr = lr
         self.betas = tuple(betas)
         evaluation = dict(evaluation or {})
@@ -149,12 +159,15 @@ class MultiTaskSegmentationModule(L.LightningModule):
         self.log("train/loss", loss, prog_bar=True)
         for task_id, task in enumerate(self.label_space.tasks):
             self.log(f"train/loss/{task}", per_task[task_id])
+        self.log("train/lr", self.optimizers().param_groups[0]["lr"])  # a Python float: no device sync
         return loss
 
     def validation_step(self, image: HeldOutImage, batch_index: int) -> None:
-        self.evaluator.add_volume(
-            self.net, image.task, image.case_id, image.volume, image.reference, image.mask, self.slab_voxels, image.spacing
-        )
+        # in fp32 whatever the training precision, so that `mtseg.evaluate` and `predict` (fp32) repeat it
+        with torch.autocast(self.device.type, enabled=False):
+            self.evaluator.add_volume(
+                self.net, image.task, image.case_id, image.volume, image.reference, image.mask, self.slab_voxels, image.spacing
+            )
 
     def on_validation_epoch_end(self) -> None:
         # under DDP every process evaluates every held-out image: the values are the same everywhere
@@ -176,8 +189,16 @@ class MultiTaskSegmentationModule(L.LightningModule):
         """Mean whole-image Dice per (task, class) of the latest evaluation."""
         return {} if self.latest_evaluation is None else self.latest_evaluation.mean_dice()
 
-    def configure_optimizers(self) -> torch.optim.Optimizer:
+    def build_optimizer(self) -> torch.optim.Adam:
+        """Adam over the network's parameters at the configured (peak) learning rate."""
         return torch.optim.Adam(self.parameters(), lr=self.lr, betas=self.betas)
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        optimizer = self.build_optimizer()
+        total = max(int(self.trainer.max_steps), 1)
+        factor = lr_factor(self.hparams.get("lr_decay", "constant"), float(self.hparams.get("warmup", 0.0)), total)
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # the process's random state (dropout), so a resumed run continues exactly (tensors only)
@@ -211,6 +232,26 @@ class MultiTaskSegmentationModule(L.LightningModule):
                         f"{torch.cuda.device_count()}: dropout on the GPU will not continue exactly"
                     )
 
+#: Learning-rate schedules over the run (``optimizer.lr_decay``).
+LR_DECAYS = ("constant", "cosine")
+
+
+def lr_factor(decay: str, warmup: float, total: int):
+    """The factor on the learning rate at each step (0 to ``total - 1``) of a run of ``total`` steps:
+    a linear warm-up over the first ``warmup`` fraction, then constant, or a cosine that
+    reaches 0 as the run ends (at step ``total``, which is never taken)."""
+    warm = int(round(warmup * total))
+
+    def factor(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        if decay == "cosine":
+            return 0.5 * (1.0 + math.cos(math.pi * min(step - warm, total - warm) / max(total - warm, 1)))
+        return 1.0
+
+    return factor
+
+
 def available_memory(device: torch.device) -> int | None:
     """Bytes of memory a training step can still take on ``device`` (``None`` when unknown)."""
     if device.type == "cuda":
@@ -223,3 +264,12 @@ def available_memory(device: torch.device) -> int | None:
     except OSError:
         pass
     return None
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AMX or AVX512-BF16, through oneDNN): only then is
+    ``trainer.precision=bf16-mixed`` faster than fp32 on it."""
+    try:
+        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # a torch build without the check
+        return False

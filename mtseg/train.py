@@ -40,7 +40,7 @@ from mtseg.checkpoint import LoadedCheckpoint, load_checkpoint
 from mtseg.console import LineProgress, quiet_libraries
 from mtseg.experiment_configs import register_experiment_configs
 from mtseg.evaluation import results_table
-from mtseg.module import MultiTaskSegmentationModule
+from mtseg.module import MultiTaskSegmentationModule, cpu_has_native_bf16
 from mtseg.nifti import atomic_write_bytes
 from mtseg.signals import SIGTERM_EXIT
 from mtseg.summary import dice_table, write_summary
@@ -62,7 +62,8 @@ def wandb_group(cfg: DictConfig) -> str | None:
 
 #: Settings a resumed run must share with its checkpoint: (this run's config key, stored hyper-parameter).
 RESUME_SETTINGS = (("model", "model"), ("training", "training"), ("schedule", "schedule"), ("seed", "seed"),
-                   ("optimizer.lr", "lr"), ("optimizer.betas", "betas"), ("data", "data"), ("preprocessing", "preprocessing"))
+                   ("optimizer.lr", "lr"), ("optimizer.betas", "betas"),
+                   ("optimizer.lr_decay", "lr_decay"), ("optimizer.warmup", "warmup"), ("data", "data"), ("preprocessing", "preprocessing"))
 
 
 def resumed_checkpoint(cfg: DictConfig) -> LoadedCheckpoint | None:
@@ -155,6 +156,11 @@ def train(cfg: DictConfig) -> dict:
     L.seed_everything(cfg.seed, workers=True)
     if torch.cuda.is_available():
         torch.set_float32_matmul_precision("high")
+    elif str(cfg.trainer.get("precision", "")).startswith("bf16") and not cpu_has_native_bf16():
+        log.warning(
+            "trainer.precision=%s on a CPU without native bf16 (AMX or AVX512-BF16): steps will be slower "
+            "than in fp32; set trainer.precision=32-true", cfg.trainer.precision,
+        )
 
     module = MultiTaskSegmentationModule(
         list(tasks),

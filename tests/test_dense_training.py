@@ -167,7 +167,7 @@ def test_a_dense_step_lowers_the_loss_on_separable_toy_data():
     dm = toy_datamodule(["brain", "breast"], training=DENSE, separable=True)
     dm.setup()
     module = MultiTaskSegmentationModule(["brain", "breast"], model={"depth": RADIUS, "width": 8, "fc_width": 16, "dropout": 0.0}, lr=1e-2)
-    optimizer = module.configure_optimizers()
+    optimizer = module.build_optimizer()
     batches = iter(dm.train_batches())
     losses = []
     for step in range(40):

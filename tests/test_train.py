@@ -17,7 +17,7 @@ import torch
 from nbclient import NotebookClient
 
 from mtseg.checkpoint import load_checkpoint
-from mtseg.module import CHECKPOINT_KEY, MultiTaskSegmentationModule
+from mtseg.module import CHECKPOINT_KEY, MultiTaskSegmentationModule, lr_factor
 
 TINY = [
     "model.depth=3", "model.width=8", "model.fc_width=16",
@@ -192,7 +192,8 @@ def test_same_seed_same_learning_curve(tmp_path):
 
 
 def test_dense_training_is_reproducible_and_its_checkpoint_is_evaluated_like_any_other(tmp_path):
-    dense = ["+experiment=breast_cta", "training=dense", "training.cube=6", "training.cubes_per_task=2", "seed=2"]
+    dense = ["+experiment=breast_cta", "training=dense", "training.cube=6", "training.cubes_per_task=2", "seed=2",
+             "optimizer.lr_decay=cosine", "optimizer.warmup=0.25", "trainer.precision=bf16-mixed"]
     curves = []
     for name in ("a", "b"):
         result = run_train(tmp_path, *dense, "hydra.run.dir=" + str(tmp_path / name))
@@ -206,13 +207,28 @@ def test_dense_training_is_reproducible_and_its_checkpoint_is_evaluated_like_any
     assert sorted({int(step) for step, *_ in curves[0]}) == [2, 4]
     checkpoint = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False, map_location="cpu")
     assert checkpoint[CHECKPOINT_KEY]["training"]["cube"] == 6
+    # the learning rate followed the schedule: one warm-up step, then a cosine that ends at 0 after step 4
+    (schedule,) = checkpoint["lr_schedulers"]
+    assert schedule["last_epoch"] == 4 and schedule["_last_lr"] == [pytest.approx(0.0, abs=1e-12)]
     out = tmp_path / "evaluation"
     run_module("mtseg.evaluate", f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}", f"output_dir={out}")
     results = json.loads((out / "results.json").read_text())
     assert results["minibatches_per_task"] == 4  # dense: one step per mini-batch per task
+    # trained in bf16, evaluated in fp32 at training time, so evaluate (fp32) repeats it exactly
     for task in ("breast", "cta"):
         (cls,) = summary["dice"][task]
         assert results["tasks"][task]["classes"][cls]["mean_dice"] == pytest.approx(summary["dice"][task][cls], abs=1e-9)
+
+
+def test_the_learning_rate_schedules():
+    cosine = lr_factor("cosine", 0.1, 100)
+    assert [cosine(step) for step in range(10)] == pytest.approx([(step + 1) / 10 for step in range(10)])
+    after = [cosine(step) for step in range(10, 101)]
+    assert after[0] == 1.0 and cosine(55) == pytest.approx(0.5) and after[-1] == pytest.approx(0.0, abs=1e-12)
+    assert all(a > b for a, b in zip(after, after[1:]))
+    assert {lr_factor("constant", 0.0, 50)(step) for step in range(50)} == {1.0}
+    with pytest.raises(ValueError, match="optimizer.lr_decay"):
+        MultiTaskSegmentationModule(["breast"], model={"depth": 3, "width": 4, "fc_width": 4}, lr_decay="step")
 
 
 def test_unknown_experiment_is_a_clear_error(tmp_path):
