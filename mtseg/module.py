@@ -159,7 +159,6 @@ class MultiTaskSegmentationModule(L.LightningModule):
         self.log("train/loss", loss, prog_bar=True)
         for task_id, task in enumerate(self.label_space.tasks):
             self.log(f"train/loss/{task}", per_task[task_id])
-        self.log("train/lr", self.optimizers().param_groups[0]["lr"])  # a Python float: no device sync
         return loss
 
     def validation_step(self, image: HeldOutImage, batch_index: int) -> None:
@@ -198,7 +197,8 @@ class MultiTaskSegmentationModule(L.LightningModule):
         total = max(int(self.trainer.max_steps), 1)
         factor = lr_factor(self.hparams.get("lr_decay", "constant"), float(self.hparams.get("warmup", 0.0)), total)
         schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+        # "name": the metric under which Lightning's LearningRateMonitor logs it (mtseg.train adds it with a logger)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step", "name": "train/lr"}}
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # the process's random state (dropout), so a resumed run continues exactly (tensors only)

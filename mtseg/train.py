@@ -29,7 +29,7 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import instantiate
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
@@ -214,6 +214,8 @@ def train(cfg: DictConfig) -> dict:
         curve,
         SaveOnSigterm(checkpoints / "last.ckpt"),
     ]
+    if logger is not None:  # the learning rate of every step (`train/lr`, named by the module's scheduler)
+        callbacks.append(LearningRateMonitor(logging_interval="step"))
     piped = not sys.stdout.isatty()  # Lightning's progress bar shows nothing in a pipe or a log file
     if piped:
         callbacks.append(LineProgress(cfg.progress_every_seconds))
