@@ -2,15 +2,22 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-# The CPU build by default, so a CPU-only machine never pulls a multi-GB CUDA build.
-# On a GPU machine: make install TORCH_SPEC="torch==2.13.0 --index-url <the CUDA wheel index from PyTorch's install page>"
-TORCH_SPEC ?= torch==2.13.0
+# PyTorch: its CUDA build (the local version +$(TORCH_CUDA), from PyTorch's wheel index) when
+# nvidia-smi lists a GPU, the CPU build otherwise; TORCH_SPEC overrides both. `make torch-spec` prints the choice.
+TORCH_VERSION := 2.13.0
+TORCH_CUDA ?= cu128
+HAS_GPU := $(shell nvidia-smi -L 2>/dev/null | grep -q "^GPU" && echo yes)
+ifeq ($(HAS_GPU),yes)
+TORCH_SPEC ?= torch==$(TORCH_VERSION)+$(TORCH_CUDA) --extra-index-url https://download.pytorch.org/whl/$(TORCH_CUDA)
+else
+TORCH_SPEC ?= torch==$(TORCH_VERSION)
+endif
 EXPERIMENT ?= brain_breast_cta
 # every experiment of mtseg/tasks.py (the one list), evaluated when a sweep starts
 EXPERIMENTS = $(shell $(BIN)/python -c "from mtseg.tasks import EXPERIMENTS; print(','.join(EXPERIMENTS))")
 ARGS ?=
 
-.PHONY: install lock demo demo-paper train sweep figures test bench gpu-check data-brain clean
+.PHONY: install torch-spec lock demo demo-paper train sweep figures test bench gpu-check data-brain clean
 
 install: $(VENV)/.installed
 
@@ -22,6 +29,9 @@ $(VENV)/.installed: pyproject.toml Makefile constraints.txt
 	$(BIN)/pip install --quiet $(TORCH_SPEC)
 	$(BIN)/pip install --quiet -c constraints.txt -e ".[dev]"
 	touch $@
+
+torch-spec:
+	@echo "$(TORCH_SPEC)"
 
 lock:
 	rm -rf .venv-lock && $(PYTHON) -m venv .venv-lock
@@ -46,9 +56,12 @@ demo-paper: install
 train: install
 	$(BIN)/python -m mtseg.train +experiment=$(EXPERIMENT) $(ARGS)
 
-# All seven experiments as one Hydra multirun (one W&B group); repeats: ARGS="seed=0,1"
+# All seven experiments as one Hydra multirun (one W&B group); repeats: ARGS="seed=0,1". On a GPU where
+# `make gpu-check` measured the seven at once faster than one after another, at once (joblib launcher),
+# unless ARGS names a hydra/launcher.
+SWEEP_LAUNCHER = $(if $(findstring hydra/launcher,$(ARGS)),,$(shell $(BIN)/python -m mtseg.gpu_check --launcher --out outputs/gpu_check))
 sweep: install
-	$(BIN)/python -m mtseg.train -m +experiment=$(EXPERIMENTS) $(ARGS)
+	$(BIN)/python -m mtseg.train -m +experiment=$(EXPERIMENTS) $(SWEEP_LAUNCHER) $(ARGS)
 
 # Fig. 2, Fig. 3 and the results table of a sweep (default: the newest) or of runs:
 # make figures RUNS="outputs/sweeps/<date_time>"

@@ -38,7 +38,8 @@ from omegaconf import OmegaConf
 from mtseg.data.cube_sampling import IGNORE
 from mtseg.data.datamodule import MultiTaskDataModule, prepare_subject, sampling_queue
 from mtseg.data.preprocessing import build_preprocessing
-from mtseg.data.sampling import ClassBalancedTriplanarSampler
+from mtseg.data.sampling import NUM_SAMPLES, ClassBalancedTriplanarSampler
+from mtseg.data.training_volumes import TrainingVolumes
 from mtseg.data.triplanar import TriplanarVolume
 from mtseg.defaults import conf_defaults
 from mtseg.inference import dense_probabilities, patch_probabilities, segment_volume
@@ -62,10 +63,18 @@ def peak_rss_gib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
-def time_pipeline(batches, n: int) -> float:
-    """Samples per second of drawing ``n`` mini-batches, queue fills and refills included."""
+def on_device(gather, batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    """A mini-batch of indices moved to ``device`` and gathered there, as Lightning hands it to the training step."""
+    return gather({key: value.to(device, non_blocking=True) for key, value in batch.items()})
+
+
+def time_pipeline(batches, n: int, gather, device: torch.device) -> float:
+    """Samples (labelled voxels in dense mode) per second of drawing ``n`` mini-batches, queue fills and refills
+    included, moved to ``device`` and gathered there."""
+    _synchronize(device)
     start = time.perf_counter()
-    samples = sum(len(next(batches)["target"]) for _ in range(n))
+    samples = sum(labelled_voxels(on_device(gather, next(batches), device)) for _ in range(n))
+    _synchronize(device)
     return samples / (time.perf_counter() - start)
 
 
@@ -74,18 +83,18 @@ def labelled_voxels(batch: dict[str, torch.Tensor]) -> int:
     return int((batch["target"] != IGNORE).sum())
 
 
-def time_training(module: MultiTaskSegmentationModule, batches, n: int, device: torch.device, bf16: bool = False) -> float:
-    """Labelled voxels (samples in patch mode) per second of ``n`` optimiser steps, after one warm-up step
-    (in bf16 autocast with ``bf16``, as ``trainer.precision=bf16-mixed`` trains)."""
+def time_training(module: MultiTaskSegmentationModule, batches, gather, n: int, device: torch.device, bf16: bool = False) -> float:
+    """Labelled voxels (samples in patch mode) per second of ``n`` optimiser steps on gathered mini-batches,
+    after one warm-up step (in bf16 autocast with ``bf16``, as ``trainer.precision=bf16-mixed`` trains)."""
     module.to(device).train()
     optimizer = module.build_optimizer()
-    data = [next(batches) for _ in range(n + 1)]
+    data = [on_device(gather, next(batches), device) for _ in range(n + 1)]
     seconds, samples = 0.0, 0
     for index, batch in enumerate(data):
         _synchronize(device)
         start = time.perf_counter()
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            loss, _ = module.loss({key: value.to(device) for key, value in batch.items()})
+            loss, _ = module.loss(batch)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -243,12 +252,12 @@ def time_pipeline_and_training(args: argparse.Namespace, cfg, tasks: list[str], 
     # a fill stops when the queue is full or every training image has been visited
     per_fill = min(queue_cfg.max_length, min(len(datamodule.subjects[t]["train"]) for t in tasks) * queue_cfg.samples_per_volume)
     n_batches = -(-args.refills * per_fill * len(tasks) // args.batch_size)
-    pipeline = time_pipeline(batches, n_batches)
+    pipeline = time_pipeline(batches, n_batches, datamodule.gather, device)
     module = MultiTaskSegmentationModule(tasks, model=dict(cfg.model))
-    training = time_training(module, batches, args.train_steps, device)
+    training = time_training(module, batches, datamodule.gather, args.train_steps, device)
     print(
-        f"pipeline (3 tasks, TorchIO queues, balanced, batch {args.batch_size}, {n_batches} batches = "
-        f"{args.refills} queue fills per task): {pipeline:9.1f} samples/s"
+        f"pipeline (3 tasks, TorchIO queues of blocks of {queue_cfg.block}, balanced, batch {args.batch_size}, {n_batches} batches = "
+        f"{args.refills} queue fills per task, gathered on {device}): {pipeline:9.1f} samples/s"
     )
     print(f"training step (TriplanarCNN, {module.n_params} parameters):      {training:9.1f} samples/s")
     print(f"ratio pipeline / training step: {pipeline / training:.1f}x")
@@ -261,16 +270,22 @@ def time_pipeline_and_training(args: argparse.Namespace, cfg, tasks: list[str], 
     prepared = prepare_subject(subject, preprocessing, cfg.model.depth, cfg.data.pad_value)
     prepare_seconds = time.perf_counter() - start
     del subject
-    sampler = ClassBalancedTriplanarSampler(cfg.model.depth, block_size=cfg.data.queue.samples_per_volume)
-    queue = sampling_queue([prepared], sampler, cfg.data.queue.max_length, cfg.data.queue.samples_per_volume)
-    n = args.refills * min(cfg.data.queue.max_length, cfg.data.queue.samples_per_volume)
+    queue_cfg = cfg.data.queue
+    volumes = TrainingVolumes([prepared], cfg.model.depth).to(device)
+    prepared[NUM_SAMPLES] = queue_cfg.samples_per_volume // queue_cfg.block
+    sampler = ClassBalancedTriplanarSampler(cfg.model.depth, queue_cfg.block)
+    queue = sampling_queue([prepared], sampler, queue_cfg.max_length, queue_cfg.samples_per_volume, queue_cfg.block)
+    n = args.refills * min(queue_cfg.max_length, queue_cfg.samples_per_volume)
+    per_take = args.batch_size // len(tasks)
+    _synchronize(device)
     start = time.perf_counter()
-    for _ in range(n):
-        queue[0]
-    rate = n / (time.perf_counter() - start)
+    for _ in range(-(-n // per_take)):
+        on_device(volumes, queue.take(per_take), device)
+    _synchronize(device)
+    rate = -(-n // per_take) * per_take / (time.perf_counter() - start)
     print(
         f"CTA-sized volume {shape}: preprocessing + class index {prepare_seconds:.1f} s once, "
-        f"queue {rate:.1f} samples/s over {args.refills} fills, peak RSS of the process {peak_rss_gib():.2f} GiB"
+        f"queue {rate:.1f} samples/s over {args.refills} fills (gathered on {device}), peak RSS of the process {peak_rss_gib():.2f} GiB"
     )
     return training
 
@@ -286,11 +301,9 @@ def time_dense_training(args: argparse.Namespace, tasks: list[str], device: torc
     datamodule.setup()
     batches = iter(datamodule.train_batches())
     n_batches = args.refills * int(training_cfg["queue"]["max_length"]) // int(training_cfg["cubes_per_task"])
-    start = time.perf_counter()
-    voxels = sum(labelled_voxels(next(batches)) for _ in range(n_batches))
-    pipeline = voxels / (time.perf_counter() - start)
+    pipeline = time_pipeline(batches, n_batches, datamodule.gather, device)
     module = MultiTaskSegmentationModule(tasks, model=dict(cfg.model))
-    dense = time_training(module, batches, args.train_steps, device)
+    dense = time_training(module, batches, datamodule.gather, args.train_steps, device)
     cube, per_task = int(training_cfg["cube"]), int(training_cfg["cubes_per_task"])
     print(
         f"dense training (training=dense, {per_task} cube(s) of {cube}^3 per task and step): {dense:9.1f} labelled voxels/s, "
@@ -298,10 +311,10 @@ def time_dense_training(args: argparse.Namespace, tasks: list[str], device: torc
     )
     bf16 = device.type == "cuda" or cpu_has_native_bf16()
     if bf16:  # the demo's precision, where the device computes bf16 natively
-        fast = time_training(module, batches, args.train_steps, device, bf16=True)
+        fast = time_training(module, batches, datamodule.gather, args.train_steps, device, bf16=True)
         print(f"dense training in bf16 autocast (trainer.precision=bf16-mixed): {fast:9.1f} labelled voxels/s, "
               f"{fast / dense:.1f}x fp32, {fast / patch_rate:.0f}x the patch mode's fp32")
-    print(f"dense pipeline ({n_batches} mini-batches of cubes): {pipeline:9.1f} labelled voxels/s, {pipeline / dense:.1f}x the dense step")
+    print(f"dense pipeline ({n_batches} mini-batches of cubes, gathered on {device}): {pipeline:9.1f} labelled voxels/s, {pipeline / dense:.1f}x the dense step")
     before, peak, gpu, estimate = dense_step_memory(tasks, dict(cfg.model), per_task * len(tasks), cube, device, bf16)
     print(
         f"dense training step{' in bf16' if bf16 else ''} on {per_task * len(tasks)} cubes of {cube}^3: peak RSS {peak:.2f} GiB "

@@ -5,8 +5,9 @@ Writes ``gpu_check.json`` and ``gpu_check.md`` into ``--out`` with:
 1. the device and the versions of Python, torch, CUDA and Lightning;
 2. samples/s of the paper's training step (batch 210 triplanar samples, forward, backward,
    Adam) in fp32 and in bf16 autocast, and optionally with ``torch.compile`` of the stack;
-3. samples/s of the data pipeline (TorchIO queues, class- and task-balanced mini-batches of
-   the phantoms) and its ratio to the fp32 step;
+3. samples/s of the data pipeline (TorchIO queues of blocks of sample indices, class- and
+   task-balanced mini-batches of the phantoms, moved to the device and gathered there from
+   the device-resident training volumes, as training gets them) and its ratio to the fp32 step;
 4. dense inference of a ``--inference-shape`` volume (default 256³): seconds and peak GPU memory;
 5. a short sweep of the seven experiments (``--minibatches`` per task, whole-image evaluation
    at the end, ``logger=none``) in one Hydra multirun, each run's steps/s (its training
@@ -14,7 +15,8 @@ Writes ``gpu_check.json`` and ``gpu_check.md`` into ``--out`` with:
    and the time the full paper schedule (``schedule.minibatches_per_task`` of ``conf/schedule/paper.yaml``)
    would take at those rates, one experiment after another;
 6. the same sweep with ``--concurrent`` experiments at once on the device (Hydra's joblib
-   launcher), and its speed-up over one after another.
+   launcher), and its speed-up over one after another. ``make sweep`` on the same kind of
+   GPU then runs the experiments the faster way (``--launcher`` prints its choice).
 
 It needs nothing beyond mtseg's own dependencies (no W&B), so it runs on a machine where
 nothing can be installed. ``--device cpu`` with small settings runs it anywhere (the tests do).
@@ -105,8 +107,9 @@ def train_config(overrides: list[str]):
         return compose("train", overrides=overrides)
 
 
-def pipeline_rate(cfg, batches: int) -> float:
-    """Samples/s of the training data pipeline of experiment 7 (the phantoms of ``cfg``)."""
+def pipeline_rate(cfg, batches: int, device: torch.device) -> float:
+    """Samples/s of the training data pipeline of experiment 7 (the phantoms of ``cfg``): mini-batches of
+    indices drawn from the TorchIO queues, moved to ``device`` and gathered there, as training gets them."""
     from hydra.utils import instantiate
 
     tasks = list(experiment_tasks("brain_breast_cta"))
@@ -114,9 +117,15 @@ def pipeline_rate(cfg, batches: int) -> float:
     datamodule.prepare_data()
     datamodule.setup()
     stream = iter(datamodule.train_batches())
-    next(stream)  # the first fill
+
+    def gathered() -> int:
+        return len(datamodule.gather({k: v.to(device, non_blocking=True) for k, v in next(stream).items()})["target"])
+
+    gathered()  # the first fill, and the training volumes' move to the device
+    _synchronize(device)
     start = time.perf_counter()
-    samples = sum(len(next(stream)["target"]) for _ in range(batches))
+    samples = sum(gathered() for _ in range(batches))
+    _synchronize(device)
     return samples / (time.perf_counter() - start)
 
 
@@ -212,6 +221,18 @@ def markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def sweep_launcher(report: dict, gpu: str | None) -> list[str]:
+    """The Hydra launcher overrides under which ``make sweep`` runs the seven experiments on GPU ``gpu``
+    (``None``: no GPU): the experiments at once when this check, run on the same kind of GPU,
+    measured that faster than one after another; none (one after another) otherwise."""
+    together = report.get("concurrent")
+    if gpu is None or report.get("environment", {}).get("gpu") != gpu or not together:
+        return []
+    if together["speed-up_over_one_after_another"] <= 1.0:
+        return []
+    return ["hydra/launcher=joblib", f"hydra.launcher.n_jobs={together['jobs_at_once']}"]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m mtseg.gpu_check", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default="gpu_check", help="folder for gpu_check.json and gpu_check.md")
@@ -224,8 +245,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--minibatches", type=int, default=200, help="mini-batches per task of the short sweep (0: skip)")
     parser.add_argument("--concurrent", type=int, default=7,
                         help="also run the short sweep with this many experiments at once on the device (joblib; 0: skip)")
+    parser.add_argument("--launcher", action="store_true",
+                        help="measure nothing: print the launcher overrides `make sweep` uses here, from --out's report")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides for the model, data and sweep (e.g. model.depth=3)")
     args = parser.parse_args(argv)
+    if args.launcher:
+        report_path = Path(args.out) / "gpu_check.json"
+        report = json.loads(report_path.read_text()) if report_path.is_file() else {}
+        print(" ".join(sweep_launcher(report, torch.cuda.get_device_name() if torch.cuda.is_available() else None)))
+        return 0
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
     if device.type == "cuda":
         torch.set_float32_matmul_precision("high")  # TF32, as training does on a GPU
@@ -244,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     print(report["step_samples_per_second"], flush=True)
     if args.pipeline_batches:
-        rate = pipeline_rate(cfg, args.pipeline_batches)
+        rate = pipeline_rate(cfg, args.pipeline_batches, device)
         report["pipeline_samples_per_second"] = round(rate, 1)
         report["pipeline_over_step"] = round(rate / report["step_samples_per_second"]["fp32"], 2)
         print(f"pipeline {rate:.0f} samples/s", flush=True)

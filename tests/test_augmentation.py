@@ -26,7 +26,7 @@ def data_module(root, transforms, copies, seed=0):
     }
     return MultiTaskDataModule(
         tasks=["breast"], root="unused", batch_size=4, radius=2, pad_value=0.0,
-        queue={"max_length": 40, "samples_per_volume": 20}, seed=seed, breast=source,
+        queue={"max_length": 40, "samples_per_volume": 20, "block": 5}, seed=seed, breast=source,
     )
 
 

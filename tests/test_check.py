@@ -55,7 +55,7 @@ def test_check_of_an_nnunet_folder_and_its_errors(tmp_path, capsys):
 def data_module(sources, batch_size=4):
     return MultiTaskDataModule(
         tasks=list(sources), root="unused", batch_size=batch_size, radius=2, pad_value=0.0,
-        queue={"max_length": 40, "samples_per_volume": 20}, seed=0, **sources,
+        queue={"max_length": 40, "samples_per_volume": 20, "block": 5}, seed=0, **sources,
     )
 
 
@@ -91,7 +91,7 @@ def test_training_on_a_folder_source_sets_up_with_mapped_labels(tmp_path, caplog
     assert [s["case_id"] for s in train] == ["case0", "case1"]
     assert train[0]["image"].orientation == ("R", "A", "S") and train[0]["image"].shape[1:] == (9, 8, 12)  # 0.8 x 0.8 x 1.6 mm resampled to 1 mm by tio.Resample
     assert set(np.unique(train[0]["label"].data.numpy())) == {0, 1}
-    batch = next(iter(dm.train_batches(1)))
+    batch = dm.gather(next(iter(dm.train_batches(1))))
     assert batch["planes"].shape == (4, 3, 5, 5) and set(batch["target"].tolist()) <= {0, 1}
 
 

@@ -3,17 +3,19 @@
 import pytest
 import torch
 
-from mtseg.data.cube_sampling import IGNORE, ClassBalancedCubeSampler
+from mtseg.data.cube_sampling import IGNORE, ClassBalancedCubeSampler, cube_target_luts
 from mtseg.data.datamodule import prepare_subject
 from mtseg.data.preprocessing import build_preprocessing
 from mtseg.data.sampling import CLASS_INDEX, NOT_ELIGIBLE, VOLUME
+from mtseg.data.training_volumes import TrainingVolumes
 from mtseg.data.triplanar import TriplanarVolume
 from mtseg.dense_loss import dense_loss, dense_loss_weights
 from mtseg.model import TriplanarCNN
 from mtseg.module import MultiTaskSegmentationModule
+from mtseg.tasks import LabelSpace
 from toydata import RADIUS, toy_datamodule, toy_subject
 
-DENSE = {"mode": "dense", "cube": 4, "cubes_per_task": 2, "queue": {"max_length": 16, "samples_per_volume": 8}}
+DENSE = {"mode": "dense", "cube": 4, "cubes_per_task": 2, "queue": {"max_length": 16, "samples_per_volume": 8, "block": 2}}
 
 
 def _trained_a_little(net: TriplanarCNN) -> TriplanarCNN:
@@ -97,38 +99,35 @@ def test_dense_loss_is_the_weighted_cross_entropy_and_reports_each_task():
     torch.testing.assert_close(loss, (expected_0 + expected_1) / 2)
 
 
-def test_cube_sampler_yields_contexts_and_codes_of_the_volume_with_class_balanced_centres():
+def test_cube_sampler_yields_blocks_of_cubes_gathered_into_contexts_and_targets_of_the_volume():
     subject = toy_subject("brain", 7, shape=(16, 18, 20), rare=6)
     prepared = prepare_subject(subject, build_preprocessing(1.0, 0.0, []), RADIUS, 0.0)
-    sampler = ClassBalancedCubeSampler(RADIUS, cube=4, block_size=700, generator=torch.Generator().manual_seed(0))
+    space = LabelSpace(["brain"])
+    volumes = TrainingVolumes([prepared], RADIUS, cube=4, luts=cube_target_luts(space))
+    sampler = ClassBalancedCubeSampler(RADIUS, cube=4, block=5, generator=torch.Generator().manual_seed(0))
     centres, starts = sampler.draw_block(prepared, 700)
     codes = prepared[CLASS_INDEX].codes
     assert (codes[centres] != NOT_ELIGIBLE).all()
     counts = torch.bincount(codes[centres].long(), minlength=7)
     assert counts.tolist() == [100] * 7  # the rare class (two voxels) decides where cubes go as often as any
-    item = next(sampler._generate_patches(prepared))
+    block = next(sampler(prepared))
+    assert block["subject"].tolist() == [0] * 5 and block["start"].shape == (5, 3)
+    batch = volumes({**block, "task": torch.zeros(5, dtype=torch.long)})
+    assert batch["context"].shape == (5,) + (4 + 2 * RADIUS,) * 3 and batch["target"].shape == (5, 4, 4, 4)
     volume: TriplanarVolume = prepared[VOLUME]
-    assert item["context"].shape == (4 + 2 * RADIUS,) * 3 and item["codes"].shape == (4, 4, 4)
-    # the context's centre region is the target cube, and codes are its labels (or NOT_ELIGIBLE)
-    inner = item["context"][RADIUS:-RADIUS, RADIUS:-RADIUS, RADIUS:-RADIUS]
-    matches = [
-        (sx, sy, sz)
-        for sx in range(16 - 3)
-        for sy in range(18 - 3)
-        for sz in range(20 - 3)
-        if torch.equal(volume.interior[sx : sx + 4, sy : sy + 4, sz : sz + 4], inner)
-    ]
-    assert matches
-    sx, sy, sz = matches[0]
-    label = prepared["label"].data[0][sx : sx + 4, sy : sy + 4, sz : sz + 4]
-    eligible = prepared["sampling_mask"].data[0][sx : sx + 4, sy : sy + 4, sz : sz + 4].bool()
-    assert torch.equal(item["codes"], torch.where(eligible, label, NOT_ELIGIBLE).to(torch.uint8))
+    for b, (sx, sy, sz) in enumerate(block["start"].tolist()):
+        # the context's centre region is the target cube, and the targets are its labels (IGNORE at or below the threshold)
+        inner = batch["context"][b, RADIUS:-RADIUS, RADIUS:-RADIUS, RADIUS:-RADIUS]
+        assert torch.equal(inner, volume.interior[sx : sx + 4, sy : sy + 4, sz : sz + 4])
+        label = prepared["label"].data[0][sx : sx + 4, sy : sy + 4, sz : sz + 4].long()
+        eligible = prepared["sampling_mask"].data[0][sx : sx + 4, sy : sy + 4, sz : sz + 4].bool()
+        assert torch.equal(batch["target"][b], torch.where(eligible, label, IGNORE))
 
 
 def test_dense_minibatches_hold_cubes_per_task_with_targets_in_the_output_channels():
     dm = toy_datamodule(["brain", "breast", "cta"], training=DENSE)
     dm.setup()
-    batch = next(iter(dm.train_batches(3)))
+    batch = dm.gather(next(iter(dm.train_batches(3))))
     side = 4 + 2 * RADIUS
     assert batch["context"].shape == (6, side, side, side)
     assert batch["target"].shape == (6, 4, 4, 4)
@@ -138,7 +137,7 @@ def test_dense_minibatches_hold_cubes_per_task_with_targets_in_the_output_channe
         found = set(batch["target"][batch["task"] == task_id].unique().tolist()) - {IGNORE}
         assert found <= set(space.task_classes(task))
     # toy volumes have voxels below the threshold (x < 3): cubes that reach them ignore them
-    assert any((b["target"] == IGNORE).any() for b in dm.train_batches(20))
+    assert any((dm.gather(b)["target"] == IGNORE).any() for b in dm.train_batches(20))
 
 
 def test_a_cube_larger_than_a_training_volume_is_an_error_naming_the_setting():
@@ -171,7 +170,7 @@ def test_a_dense_step_lowers_the_loss_on_separable_toy_data():
     batches = iter(dm.train_batches())
     losses = []
     for step in range(40):
-        loss, _ = module.loss(next(batches))
+        loss, _ = module.loss(dm.gather(next(batches)))
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()

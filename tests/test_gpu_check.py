@@ -2,7 +2,7 @@
 
 import json
 
-from mtseg.gpu_check import main
+from mtseg.gpu_check import main, sweep_launcher
 from mtseg.tasks import EXPERIMENTS
 
 TINY = [
@@ -28,3 +28,15 @@ def test_the_gpu_check_runs_on_a_cpu_and_reports_every_measurement(tmp_path, mon
     assert report["concurrent"]["jobs_at_once"] == 2 and report["concurrent"]["speed-up_over_one_after_another"] > 0
     assert len(list((out / "sweep_2_at_once").glob("*/summary.json"))) == len(EXPERIMENTS)
     assert "Projected paper schedule" in (out / "gpu_check.md").read_text()
+    # `make sweep` here: no GPU, so one experiment after another whatever the report says
+    assert main(["--launcher", "--out", str(out)]) == 0
+
+
+def test_make_sweep_runs_the_experiments_at_once_only_where_the_check_measured_that_faster_on_that_gpu():
+    report = {"environment": {"gpu": "NVIDIA H200"}, "concurrent": {"jobs_at_once": 7, "speed-up_over_one_after_another": 2.4}}
+    assert sweep_launcher(report, "NVIDIA H200") == ["hydra/launcher=joblib", "hydra.launcher.n_jobs=7"]
+    assert sweep_launcher(report, "NVIDIA A100-SXM4-80GB") == []  # measured on another GPU
+    assert sweep_launcher(report, None) == []  # no GPU here
+    slower = {**report, "concurrent": {"jobs_at_once": 7, "speed-up_over_one_after_another": 0.8}}
+    assert sweep_launcher(slower, "NVIDIA H200") == []
+    assert sweep_launcher({}, "NVIDIA H200") == []  # no check run yet

@@ -44,7 +44,7 @@ def toy_datamodule(tasks, batch_size=42, rare=None, subjects=None, separable=Fal
         batch_size=batch_size,
         radius=RADIUS,
         pad_value=0.0,
-        queue={"max_length": 300, "samples_per_volume": 60},
+        queue={"max_length": 300, "samples_per_volume": 60, "block": 10},
         seed=0,
         training=training,
         **sources,

@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 
 from mtseg.data.augmentation import TrainingAugmentation
 from mtseg.data.check import check_subjects
-from mtseg.data.cube_sampling import ClassBalancedCubeSampler, TaskBalancedCubes
+from mtseg.data.cube_sampling import ClassBalancedCubeSampler, TaskBalancedCubes, cube_target_luts
 from mtseg.data.preprocessing import IMAGE, LABEL, SAMPLING_MASK, build_preprocessing
 from mtseg.data.sampling import (
     CLASS_INDEX,
@@ -23,6 +23,7 @@ from mtseg.data.sampling import (
     NUM_SAMPLES,
     SAMPLING,
     VOLUME,
+    BlockQueue,
     ClassBalancedTriplanarSampler,
     ClassVoxelIndex,
     MinibatchStream,
@@ -32,6 +33,7 @@ from mtseg.data.sampling import (
     seeded_generator,
 )
 from mtseg.data.sources import task_subjects
+from mtseg.data.training_volumes import TrainingVolumes
 from mtseg.data.triplanar import TriplanarVolume
 from mtseg.tasks import TASK_ORDER, LabelSpace, check_label_range, get_task
 
@@ -50,20 +52,24 @@ class PreparedSubjectsDataset(tio.SubjectsDataset):
         return self._transform(subject) if self._transform is not None else subject
 
 
-def sampling_queue(subjects: Sequence[tio.Subject], sampler, max_length: int, samples_per_volume: int) -> tio.Queue:
-    """A TorchIO queue of training items drawn by ``sampler`` from prepared ``subjects``.
+def sampling_queue(subjects: Sequence[tio.Subject], sampler, max_length: int, samples_per_volume: int, block: int) -> BlockQueue:
+    """A TorchIO queue of blocks of ``block`` training items drawn by ``sampler`` from prepared ``subjects``.
 
-    Served from the main process: the subjects are preprocessed once and held in memory, and
-    workers would copy whole volumes (sampling is more than 10 times faster than a step).
+    ``max_length`` and ``samples_per_volume`` count items (samples or cubes), as in the config;
+    the queue holds ``max_length // block`` blocks. Served from the main process: the subjects
+    are preprocessed once and held in memory, workers would copy whole volumes, and an item is
+    only a block of indices (the gather runs on the training device).
     """
-    return tio.Queue(
-        PreparedSubjectsDataset(list(subjects)),
-        max_length=max_length,
-        samples_per_volume=samples_per_volume,
-        sampler=sampler,
-        num_workers=0,
-        shuffle_subjects=True,
-        shuffle_patches=True,
+    return BlockQueue(
+        tio.Queue(
+            PreparedSubjectsDataset(list(subjects)),
+            max_length=max(1, max_length // block),
+            samples_per_volume=max(1, samples_per_volume // block),
+            sampler=sampler,
+            num_workers=0,
+            shuffle_subjects=True,
+            shuffle_patches=True,
+        )
     )
 
 
@@ -109,14 +115,16 @@ def prepare_subject(subject: tio.Subject, preprocessing: tio.Transform, radius: 
 
 
 class TaskBalancedBatches(MinibatchStream):
-    """Mini-batches drawn from one TorchIO queue per task.
+    """Mini-batches of triplanar sample indices drawn from one TorchIO queue per task.
 
     Each mini-batch holds ``batch_size // T`` samples of each of the ``T`` tasks,
-    the remainder going to tasks drawn at random (with the segment's generator). Labels
-    are mapped to the experiment's output channels.
+    the remainder going to tasks drawn at random (with the segment's generator): a dict with
+    ``subject``, ``centre`` (flat voxel index), ``target`` (the experiment's output channel) and
+    ``task`` (index into the experiment's tasks), each ``(B,)``;
+    :class:`~mtseg.data.training_volumes.TrainingVolumes` adds the ``planes`` on the training device.
 
     Args:
-        new_queues: ``new_queues(k)``: queue of triplanar samples per task, for segment ``k``.
+        new_queues: ``new_queues(k)``: :class:`~mtseg.data.sampling.BlockQueue` of triplanar samples per task, for segment ``k``.
         label_space: The experiment's merged classes.
         batch_size: Samples per mini-batch.
         **stream: ``length``, ``start``, ``segment`` and ``seed`` of :class:`MinibatchStream`.
@@ -129,16 +137,15 @@ class TaskBalancedBatches(MinibatchStream):
         self.batch_size = batch_size
 
     def draw(self, queues: dict, generator: torch.Generator) -> dict[str, torch.Tensor]:
-        counts = proportional_counts(self.batch_size, torch.ones(len(self.tasks)), generator)
-        planes, targets, task_ids = [], [], []
-        for task_id, (task, count) in enumerate(zip(self.tasks, counts.tolist())):
-            queue = queues[task]
-            samples = [queue[0] for _ in range(count)]
-            planes += [s["planes"] for s in samples]
-            local = torch.stack([s["label"] for s in samples]) if samples else torch.empty(0, dtype=torch.long)
-            targets.append(self.luts[task][local])
-            task_ids.append(torch.full((count,), task_id))
-        return {"planes": torch.stack(planes), "target": torch.cat(targets), "task": torch.cat(task_ids)}
+        counts = proportional_counts(self.batch_size, torch.ones(len(self.tasks)), generator).tolist()
+        samples = [queues[task].take(count) if count else None for task, count in zip(self.tasks, counts)]
+        drawn = [(task_id, s) for task_id, s in enumerate(samples) if s is not None]
+        return {
+            "subject": torch.cat([s["subject"] for _, s in drawn]),
+            "centre": torch.cat([s["centre"] for _, s in drawn]),
+            "target": torch.cat([self.luts[self.tasks[t]][s["label"]] for t, s in drawn]),
+            "task": torch.cat([torch.full((len(s["label"]),), t) for t, s in drawn]),
+        }
 
 
 class HeldOutImage:
@@ -251,6 +258,8 @@ class MultiTaskDataModule(L.LightningDataModule):
                 if int(self.training[knob]) < 1:
                     raise ValueError(f"training.{knob} must be positive, got {self.training[knob]}")
         self.subjects: dict[str, dict[str, list[tio.Subject]]] = {}
+        #: Every training volume, on the training device once a mini-batch has been gathered there (``setup``).
+        self.training_volumes: TrainingVolumes | None = None
 
     @property
     def dense(self) -> bool:
@@ -261,6 +270,19 @@ class MultiTaskDataModule(L.LightningDataModule):
     def sampling_queue(self) -> dict:
         """``max_length`` and ``samples_per_volume`` of the training queues of this mode."""
         return dict(self.training["queue"]) if self.dense else self.queue_cfg
+
+    def _check_queue(self) -> None:
+        """The training queue's settings (checked before training; evaluation needs none)."""
+        prefix = "training.queue" if self.dense else "data.queue"
+        for knob in ("max_length", "samples_per_volume", "block"):
+            if knob not in self.sampling_queue:
+                raise ValueError(f"{prefix}.{knob} is not set")
+        block = int(self.sampling_queue["block"])
+        if not 1 <= block <= int(self.sampling_queue["samples_per_volume"]) <= int(self.sampling_queue["max_length"]):
+            raise ValueError(
+                f"{prefix}: need 1 <= block <= samples_per_volume <= max_length, got block={block}, "
+                f"samples_per_volume={self.sampling_queue['samples_per_volume']}, max_length={self.sampling_queue['max_length']}"
+            )
 
     def _raw_subjects(self) -> dict[str, dict[str, list[tio.Subject]]]:
         return {task: task_subjects(task, self.sources[task], self.root) for task in self.tasks}
@@ -278,6 +300,8 @@ class MultiTaskDataModule(L.LightningDataModule):
         if self.subjects:
             return
         held_out_only = stage in ("validate", "test")
+        if not held_out_only:
+            self._check_queue()
         raw = self._raw_subjects()
         if held_out_only:
             raw = {task: {"test": splits.get("test", [])} for task, splits in raw.items()}
@@ -304,6 +328,27 @@ class MultiTaskDataModule(L.LightningDataModule):
                 self._check_cube_fits(task)
                 self._set_class_quotas(task)
             self._check_pr_foreground(task, None if held_out_only else self.val_images_per_task)
+        if not held_out_only:
+            self.training_volumes = TrainingVolumes(
+                [s for task in self.tasks for s in self.subjects[task]["train"]],
+                self.radius,
+                int(self.training["cube"]) if self.dense else None,
+                cube_target_luts(self.label_space) if self.dense else None,
+            )
+
+    def gather(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """A training mini-batch of indices (:meth:`train_batches`) gathered into patches or cubes on its
+        device: the training volumes move there with the first mini-batch and stay."""
+        if self.training_volumes is None:
+            raise RuntimeError("setup() prepares the training volumes before mini-batches can be gathered")
+        return self.training_volumes.to(batch["subject"].device)(batch)
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        """Lightning's hook after a batch reached the training device: training mini-batches are gathered
+        there (:meth:`gather`); held-out images pass as they are."""
+        if isinstance(batch, Mapping) and "subject" in batch:
+            return self.gather(batch)
+        return batch
 
     def _check_pr_foreground(self, task: str, limit: int | None) -> None:
         """A task evaluated at a PR threshold needs foreground in its evaluated held-out images."""
@@ -345,9 +390,10 @@ class MultiTaskDataModule(L.LightningDataModule):
                 f"(above data.{task}.preprocessing.threshold); each class needs training samples"
             )
         quotas = class_quotas(counts, int(self.sampling_queue["samples_per_volume"]))
+        block = int(self.sampling_queue["block"])
         for subject, quota in zip(subjects, quotas):
             subject[CLASS_QUOTA] = quota
-            subject[NUM_SAMPLES] = max(1, round(float(quota.sum())))
+            subject[NUM_SAMPLES] = max(1, round(float(quota.sum()) / block))  # queue items (blocks) per visit
             subject.update_attributes()
 
     def foreground_fraction(self) -> dict[str, float]:
@@ -365,19 +411,21 @@ class MultiTaskDataModule(L.LightningDataModule):
             for subject in self.subjects[task]["test"][:limit]
         ]
 
-    def _queue(self, task: str, segment: int = 0, rank: int = 0) -> tio.Queue:
+    def _queue(self, task: str, segment: int = 0, rank: int = 0) -> BlockQueue:
         cfg = self.sampling_queue
         generator = seeded_generator(self.seed, SAMPLING, TASK_ORDER.index(task), segment, *rank_keys(rank))
+        block = int(cfg["block"])
         if self.dense:
-            sampler = ClassBalancedCubeSampler(self.radius, int(self.training["cube"]), int(cfg["samples_per_volume"]), generator)
+            sampler = ClassBalancedCubeSampler(self.radius, int(self.training["cube"]), block, generator)
         else:
-            sampler = ClassBalancedTriplanarSampler(self.radius, int(cfg["samples_per_volume"]), generator)
-        return sampling_queue(self.subjects[task]["train"], sampler, int(cfg["max_length"]), int(cfg["samples_per_volume"]))
+            sampler = ClassBalancedTriplanarSampler(self.radius, block, generator)
+        return sampling_queue(self.subjects[task]["train"], sampler, int(cfg["max_length"]), int(cfg["samples_per_volume"]), block)
 
     def train_batches(
         self, length: int | None = None, start: int = 0, segment: int | None = None, rank: int = 0, world_size: int = 1
     ) -> TaskBalancedBatches | TaskBalancedCubes:
-        """Task-balanced mini-batches (of samples, or of cubes in dense mode) of steps ``start .. length - 1``
+        """Task-balanced mini-batches of sample indices (of cubes in dense mode; :meth:`gather` turns them
+        into patches or cubes on the training device) of steps ``start .. length - 1``
         (endless when ``length`` is ``None``), sampling restarted every ``segment`` steps
         (:class:`~mtseg.data.sampling.MinibatchStream`).
 
@@ -394,11 +442,11 @@ class MultiTaskDataModule(L.LightningDataModule):
                 f"each needs an equal share{'' if self.dense else ', at least one sample of every task'}"
             )
 
-        def new_queues(k: int) -> dict[str, tio.Queue]:
+        def new_queues(k: int) -> dict[str, BlockQueue]:
             return {task: self._queue(task, k, rank) for task in self.tasks}
 
         if self.dense:
-            return TaskBalancedCubes(new_queues, self.label_space, per_step // world_size, **stream)
+            return TaskBalancedCubes(new_queues, list(self.tasks), per_step // world_size, **stream)
         return TaskBalancedBatches(new_queues, self.label_space, per_step // world_size, **stream)
 
     def train_dataloader(self) -> DataLoader:

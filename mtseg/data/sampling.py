@@ -35,8 +35,10 @@ VOLUME = "triplanar_volume"
 CLASS_INDEX = "class_voxel_index"
 #: Subject key of the samples each class gets per visit of the subject (see :func:`class_quotas`).
 CLASS_QUOTA = "class_quota"
-#: TorchIO's subject attribute for the number of samples drawn per visit.
+#: TorchIO's subject attribute for the number of items (blocks of samples) drawn per visit.
 NUM_SAMPLES = "num_samples"
+#: Subject key of a training subject's index in :class:`~mtseg.data.training_volumes.TrainingVolumes`.
+SUBJECT_ID = "training_id"
 
 
 def proportional_counts(total: int, weights: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -227,44 +229,73 @@ class MinibatchStream(IterableDataset):
 
 
 class ClassBalancedTriplanarSampler(RandomSampler):
-    """Yield triplanar samples of one subject, its classes in the proportions of its quotas.
+    """Yield blocks of triplanar sample centres of one subject, its classes in the proportions of its quotas.
 
-    A visit of a subject draws ``subject.num_samples`` samples (``block_size`` when the
-    subject has none), split over the classes in proportion to the subject's
-    :data:`CLASS_QUOTA` (equally over its present classes when it has none), the
-    remainder going to classes drawn at random; they are gathered in one vectorised
-    extraction and yielded in random order. The subject must carry a
-    :class:`TriplanarVolume` under :data:`VOLUME` and a :class:`ClassVoxelIndex` under
-    :data:`CLASS_INDEX` (the data module builds both once). Samples are dicts with
-    ``planes`` ``(3, P, P)`` and the task-local ``label``.
+    A visit of a subject yields ``subject.num_samples`` blocks (one when the subject has
+    none) of ``block`` samples each: their centres are drawn at once, split over the classes
+    in proportion to the subject's :data:`CLASS_QUOTA` (equally over its present classes when
+    it has none), the remainder going to classes drawn at random, and cut in random order into
+    blocks. A block is one item of the TorchIO queue: ``subject`` ``(block,)`` (the subject's
+    :data:`SUBJECT_ID`), ``centre`` ``(block,)`` flat voxel indices and the task-local
+    ``label`` ``(block,)``. The patches themselves are gathered on the training device
+    (:class:`~mtseg.data.training_volumes.TrainingVolumes`), so the queue's Python runs once per
+    block, not once per sample.
 
     Args:
         radius: Half the patch side; patches are ``2·radius + 1`` wide.
-        block_size: Samples per visit of subjects without ``num_samples``.
+        block: Samples per queue item.
         generator: Random generator, for reproducible sampling.
     """
 
-    def __init__(self, radius: int, block_size: int, generator: torch.Generator | None = None):
+    def __init__(self, radius: int, block: int, generator: torch.Generator | None = None):
         # The triplanar extent is served by padding, so any volume size works:
         # TorchIO's 3-D patch-size check is given a single voxel.
         super().__init__(patch_size=1)
-        if block_size < 1:
-            raise ValueError(f"block_size must be positive, got {block_size}")
+        if block < 1:
+            raise ValueError(f"the block of a queue item must hold at least one sample, got {block}")
         self.radius = radius
-        self.block_size = block_size
+        self.block = block
         self.generator = generator if generator is not None else torch.Generator().manual_seed(0)
 
-    def draw_block(self, subject: tio.Subject, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``n`` samples of ``subject``: planes ``(n, 3, P, P)``, labels ``(n,)`` and centres (flat voxel indices)."""
+    def draw_block(self, subject: tio.Subject, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``n`` class-balanced sample centres of ``subject`` (flat voxel indices) and their task-local labels."""
         volume: TriplanarVolume = subject[VOLUME]
         if volume.radius != self.radius:
             raise ValueError(f"volume padded for radius {volume.radius}, sampler wants {self.radius}")
-        centres, labels = draw_balanced_centres(subject, n, self.generator)
-        return volume.extract(centres), labels, centres
+        return draw_balanced_centres(subject, n, self.generator)
 
     def _generate_patches(self, subject: tio.Subject) -> Generator[dict]:
-        n = int(subject.get(NUM_SAMPLES, self.block_size))
+        blocks = int(subject.get(NUM_SAMPLES, 1))
         while True:
-            planes, labels, _ = self.draw_block(subject, n)
-            for sample_planes, label in zip(planes, labels):
-                yield {"planes": sample_planes, "label": label}
+            centres, labels = self.draw_block(subject, blocks * self.block)
+            ids = torch.full((self.block,), int(subject[SUBJECT_ID]))
+            for block_centres, block_labels in zip(centres.split(self.block), labels.split(self.block)):
+                yield {"subject": ids, "centre": block_centres, "label": block_labels}
+
+
+class BlockQueue:
+    """A TorchIO queue of blocks (dicts of equally long tensors), taken from sample by sample.
+
+    :meth:`take` returns ``n`` samples: whole blocks in the queue's (shuffled) order, the last
+    one cut, its rest kept for the next call, so no sample is lost and the queue's Python
+    runs once per block.
+    """
+
+    def __init__(self, queue: tio.Queue):
+        self.queue = queue
+        self.rest: dict[str, torch.Tensor] | None = None
+
+    def take(self, n: int) -> dict[str, torch.Tensor]:
+        parts, have = [], 0
+        while have < n:
+            block, self.rest = (self.rest if self.rest is not None else self.queue[0]), None
+            size = len(next(iter(block.values())))
+            if size > n - have:
+                cut = n - have
+                block, self.rest = {k: v[:cut] for k, v in block.items()}, {k: v[cut:] for k, v in block.items()}
+                size = cut
+            parts.append(block)
+            have += size
+        if len(parts) == 1:
+            return parts[0]
+        return {key: torch.cat([p[key] for p in parts]) for key in parts[0]}
