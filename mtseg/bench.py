@@ -83,6 +83,14 @@ def labelled_voxels(batch: dict[str, torch.Tensor]) -> int:
     return int((batch["target"] != IGNORE).sum())
 
 
+def time_index_stream(batches, n: int) -> float:
+    """Samples (cubes in dense mode) per second of drawing ``n`` mini-batches of indices, without the gather:
+    all the host does per mini-batch when the gather runs on a GPU."""
+    start = time.perf_counter()
+    samples = sum(len(next(batches)["task"]) for _ in range(n))
+    return samples / (time.perf_counter() - start)
+
+
 def time_training(module: MultiTaskSegmentationModule, batches, gather, n: int, device: torch.device, bf16: bool = False) -> float:
     """Labelled voxels (samples in patch mode) per second of ``n`` optimiser steps on gathered mini-batches,
     after one warm-up step (in bf16 autocast with ``bf16``, as ``trainer.precision=bf16-mixed`` trains)."""
@@ -253,12 +261,14 @@ def time_pipeline_and_training(args: argparse.Namespace, cfg, tasks: list[str], 
     per_fill = min(queue_cfg.max_length, min(len(datamodule.subjects[t]["train"]) for t in tasks) * queue_cfg.samples_per_volume)
     n_batches = -(-args.refills * per_fill * len(tasks) // args.batch_size)
     pipeline = time_pipeline(batches, n_batches, datamodule.gather, device)
+    indices = time_index_stream(batches, n_batches)
     module = MultiTaskSegmentationModule(tasks, model=dict(cfg.model))
     training = time_training(module, batches, datamodule.gather, args.train_steps, device)
     print(
         f"pipeline (3 tasks, TorchIO queues of blocks of {queue_cfg.block}, balanced, batch {args.batch_size}, {n_batches} batches = "
         f"{args.refills} queue fills per task, gathered on {device}): {pipeline:9.1f} samples/s"
     )
+    print(f"of which the host's part, the mini-batches of indices alone:      {indices:9.1f} samples/s")
     print(f"training step (TriplanarCNN, {module.n_params} parameters):      {training:9.1f} samples/s")
     print(f"ratio pipeline / training step: {pipeline / training:.1f}x")
 
@@ -302,6 +312,7 @@ def time_dense_training(args: argparse.Namespace, tasks: list[str], device: torc
     batches = iter(datamodule.train_batches())
     n_batches = args.refills * int(training_cfg["queue"]["max_length"]) // int(training_cfg["cubes_per_task"])
     pipeline = time_pipeline(batches, n_batches, datamodule.gather, device)
+    cube_rate = time_index_stream(batches, n_batches)
     module = MultiTaskSegmentationModule(tasks, model=dict(cfg.model))
     dense = time_training(module, batches, datamodule.gather, args.train_steps, device)
     cube, per_task = int(training_cfg["cube"]), int(training_cfg["cubes_per_task"])
@@ -315,6 +326,8 @@ def time_dense_training(args: argparse.Namespace, tasks: list[str], device: torc
         print(f"dense training in bf16 autocast (trainer.precision=bf16-mixed): {fast:9.1f} labelled voxels/s, "
               f"{fast / dense:.1f}x fp32, {fast / patch_rate:.0f}x the patch mode's fp32")
     print(f"dense pipeline ({n_batches} mini-batches of cubes, gathered on {device}): {pipeline:9.1f} labelled voxels/s, {pipeline / dense:.1f}x the dense step")
+    print(f"of which the host's part, the mini-batches of cube positions alone: {cube_rate:9.1f} cubes/s "
+          f"({cube_rate / (per_task * len(tasks)):.0f} mini-batches/s)")
     before, peak, gpu, estimate = dense_step_memory(tasks, dict(cfg.model), per_task * len(tasks), cube, device, bf16)
     print(
         f"dense training step{' in bf16' if bf16 else ''} on {per_task * len(tasks)} cubes of {cube}^3: peak RSS {peak:.2f} GiB "

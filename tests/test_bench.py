@@ -22,6 +22,11 @@ def test_bench_reports_pipeline_training_modes_and_inference(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     out = result.stdout
     assert re.search(r"ratio pipeline / training step: [\d.]+x", out)
+    # the pipeline gathers on the device; the host's part alone (indices) is reported for both modes
+    pipeline = re.search(r"pipeline \(3 tasks, TorchIO queues of blocks of 10, .* gathered on cpu\): +([\d.]+) samples/s", out)
+    host = re.search(r"of which the host's part, the mini-batches of indices alone: +([\d.]+) samples/s", out)
+    assert pipeline and host and float(host.group(1)) > 0 and float(pipeline.group(1)) > 0
+    assert re.search(r"of which the host's part, the mini-batches of cube positions alone: +[\d.]+ cubes/s \(\d+ mini-batches/s\)", out)
     dense = re.search(r"dense training \(training=dense, 1 cube\(s\) of 4\^3 per task and step\): +([\d.]+) labelled voxels/s, (\d+)x the patch mode's ([\d.]+)", out)
     assert dense and float(dense.group(1)) > 0 and float(dense.group(3)) > 0
     assert re.search(r"dense pipeline .*: +[\d.]+ labelled voxels/s, [\d.]+x the dense step", out)

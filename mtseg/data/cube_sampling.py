@@ -21,9 +21,16 @@ from collections.abc import Generator
 
 import torch
 import torchio as tio
-from torchio.data.sampler import RandomSampler
 
-from mtseg.data.sampling import NOT_ELIGIBLE, NUM_SAMPLES, SUBJECT_ID, VOLUME, MinibatchStream, draw_balanced_centres
+from mtseg.data.sampling import (
+    NOT_ELIGIBLE,
+    NUM_SAMPLES,
+    SUBJECT_ID,
+    VOLUME,
+    MinibatchStream,
+    PreparedSubjectSampler,
+    draw_balanced_centres,
+)
 from mtseg.data.triplanar import TriplanarVolume
 from mtseg.tasks import LabelSpace
 
@@ -31,7 +38,7 @@ from mtseg.tasks import LabelSpace
 IGNORE = -100
 
 
-class ClassBalancedCubeSampler(RandomSampler):
+class ClassBalancedCubeSampler(PreparedSubjectSampler):
     """Yield blocks of cubes of one subject, their centres drawn class-balanced as in
     :class:`~mtseg.data.sampling.ClassBalancedTriplanarSampler`.
 

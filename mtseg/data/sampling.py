@@ -228,7 +228,16 @@ class MinibatchStream(IterableDataset):
             return call(), torch.get_rng_state()
 
 
-class ClassBalancedTriplanarSampler(RandomSampler):
+class PreparedSubjectSampler(RandomSampler):
+    """A TorchIO random sampler of prepared subjects, whose space was checked once when they were
+    prepared (:func:`~mtseg.data.datamodule.prepare_subject`): TorchIO's check at every visit
+    compares every image's affine again and cost more than the visit's sampling."""
+
+    def __call__(self, subject: tio.Subject, num_patches: int | None = None) -> Generator[dict]:
+        return self._generate_patches(subject)
+
+
+class ClassBalancedTriplanarSampler(PreparedSubjectSampler):
     """Yield blocks of triplanar sample centres of one subject, its classes in the proportions of its quotas.
 
     A visit of a subject yields ``subject.num_samples`` blocks (one when the subject has

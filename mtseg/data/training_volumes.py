@@ -132,7 +132,10 @@ class TrainingVolumes:
         side = self.cube + 2 * self.radius
         steps = torch.arange(side, device=start.device)
         x, y, z = steps.view(1, -1, 1, 1), steps.view(1, 1, -1, 1), steps.view(1, 1, 1, -1)
-        context = self.intensities.take(offset + (sx + x) * x_stride + (sy + y) * y_stride + (sz + z))
+        # rows along z are contiguous: index the buffer's windows of `side` voxels (a view, no copy) by the
+        # first voxel of every row, B·S² indices instead of B·S³
+        rows = (offset + (sx + x) * x_stride + (sy + y) * y_stride + sz).reshape(-1)
+        context = self.intensities.unfold(0, side, 1).index_select(0, rows).view(len(start), side, side, side)
         k = self.cube
         x, y, z = x[:, :k], y[:, :, :k], z[..., :k]
         ny, nz = self.shapes[subject, 1].view(-1, 1, 1, 1), self.shapes[subject, 2].view(-1, 1, 1, 1)
