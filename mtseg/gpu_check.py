@@ -8,7 +8,8 @@ Writes ``gpu_check.json`` and ``gpu_check.md`` into ``--out`` with:
 3. samples/s of the data pipeline (TorchIO queues of blocks of sample indices, class- and
    task-balanced mini-batches of the phantoms, moved to the device and gathered there from
    the device-resident training volumes, as training gets them) and its ratio to the fp32 step;
-4. dense inference of a ``--inference-shape`` volume (default 256³): seconds and peak GPU memory;
+4. dense inference of a ``--inference-shape`` volume (default 256³): seconds and peak GPU memory,
+   in fp32 and in bf16 autocast, and how far bf16's probabilities are from fp32's (on up to 48³);
 5. a short sweep of the seven experiments (``--minibatches`` per task, whole-image evaluation
    at the end, ``logger=none``) in one Hydra multirun, each run's steps/s (its training
    seconds include set-up and the first queue fill: an underestimate at a short schedule),
@@ -129,21 +130,60 @@ def pipeline_rate(cfg, batches: int, device: torch.device) -> float:
     return samples / (time.perf_counter() - start)
 
 
+#: Largest difference of a class probability between dense inference in bf16 autocast and in fp32 that
+#: the check accepts (the tests hold a small network on the CPU to it).
+BF16_MAX_PROBABILITY_DIFFERENCE = 0.05
+
+
+def bf16_agreement(net, volume: TriplanarVolume, device: torch.device) -> dict:
+    """Dense inference of ``volume`` in bf16 autocast against fp32: the largest and the mean absolute
+    difference of any class probability, and the fraction of voxels given the same label."""
+    fp32 = segment_volume(net, volume, channels=None, progress=False)
+    with torch.autocast(device.type, dtype=torch.bfloat16):
+        bf16 = segment_volume(net, volume, channels=None, progress=False)
+    difference = (bf16.probabilities.float() - fp32.probabilities.float()).abs()
+    return {
+        "max_probability_difference": round(float(difference.max()), 4),
+        "mean_probability_difference": round(float(difference.mean()), 5),
+        "same_label_fraction": round(float((bf16.labels == fp32.labels).double().mean()), 5),
+        "tolerance": BF16_MAX_PROBABILITY_DIFFERENCE,
+    }
+
+
+def calibrated(net, device: torch.device, batches: int = 4):
+    """``net`` with batch-norm statistics of a few random batches, in eval mode (a fresh network's
+    running statistics would make eval mode the identity and its outputs uninformative)."""
+    net.train()
+    with torch.no_grad():
+        for _ in range(batches):
+            net(torch.rand(64, 3, net.patch_size, net.patch_size, device=device))
+    return net.eval()
+
+
 def dense_inference(shape: tuple[int, int, int], device: torch.device, model: dict) -> dict:
-    """Seconds and peak GPU memory of dense inference of a random ``shape`` volume (9 outputs)."""
+    """Seconds and peak GPU memory of dense inference of a random ``shape`` volume (9 outputs) in fp32 and
+    in bf16 autocast, and how far bf16's probabilities are from fp32's on a 48³ volume."""
     from mtseg.model import TriplanarCNN
 
-    net = TriplanarCNN(9, **model).eval().to(device)
+    torch.manual_seed(0)
+    net = calibrated(TriplanarCNN(9, **model).to(device), device)
     volume = TriplanarVolume(torch.rand(shape), net.depth)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    start = time.perf_counter()
-    segment_volume(net, volume, channels=[7, 8], progress=False)
-    _synchronize(device)
-    seconds = time.perf_counter() - start
-    peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
-    return {"shape": list(shape), "seconds": round(seconds, 2), "voxels_per_second": round(volume.interior.numel() / seconds),
-            "peak_gpu_memory_gib": None if peak is None else round(peak, 2)}
+    result = {"shape": list(shape)}
+    for precision in ("fp32", "bf16"):
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        start = time.perf_counter()
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+            segment_volume(net, volume, channels=[7, 8], progress=False)
+        _synchronize(device)
+        seconds = time.perf_counter() - start
+        peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
+        measured = {"seconds": round(seconds, 2), "voxels_per_second": round(volume.interior.numel() / seconds),
+                    "peak_gpu_memory_gib": None if peak is None else round(peak, 2)}
+        result |= measured if precision == "fp32" else {"bf16": measured}
+    small = tuple(min(s, 48) for s in shape)
+    result["bf16_against_fp32"] = {"shape": list(small), **bf16_agreement(net, TriplanarVolume(torch.rand(small), net.depth), device)}
+    return result
 
 
 def short_sweep(out: Path, minibatches: int, device: torch.device, overrides: list[str], concurrent: int = 1) -> dict:
@@ -203,9 +243,15 @@ def markdown(report: dict) -> str:
         lines += ["", f"Pipeline: {report['pipeline_samples_per_second']:,.0f} samples/s, "
                       f"{report['pipeline_over_step']:.1f}x the fp32 step."]
     dense = report["dense_inference"]
-    lines += ["", f"Dense inference of {'x'.join(map(str, dense['shape']))}: {dense['seconds']} s "
-                  f"({dense['voxels_per_second']:,} voxels/s)"
-                  + ("." if dense["peak_gpu_memory_gib"] is None else f", peak GPU memory {dense['peak_gpu_memory_gib']} GiB.")]
+    for name, run in (("fp32", dense), ("bf16 autocast", dense["bf16"])):
+        lines += ["", f"Dense inference of {'x'.join(map(str, dense['shape']))} in {name}: {run['seconds']} s "
+                      f"({run['voxels_per_second']:,} voxels/s)"
+                      + ("." if run["peak_gpu_memory_gib"] is None else f", peak GPU memory {run['peak_gpu_memory_gib']} GiB.")]
+    agreement = dense["bf16_against_fp32"]
+    lines += ["", f"bf16 against fp32 dense inference ({'x'.join(map(str, agreement['shape']))}, a network with batch-norm "
+                  f"statistics of random batches): probabilities differ by at most {agreement['max_probability_difference']} "
+                  f"(mean {agreement['mean_probability_difference']}; tolerance {agreement['tolerance']}), "
+                  f"{100 * agreement['same_label_fraction']:.2f} % of voxels get the same label."]
     if "sweep" in report:
         lines += ["", f"Short sweep ({report['sweep_minibatches']} mini-batches per task): {report['sweep']['wall_seconds']} s in all.", "",
                   "| experiment | steps | train s | eval s | steps/s | mean Dice |", "|---|---|---|---|---|---|"]
