@@ -71,7 +71,7 @@ def step_rate(model: dict, batch_size: int, steps: int, device: torch.device, pr
     tasks = list(experiment_tasks("brain_breast_cta"))
     module = MultiTaskSegmentationModule(tasks, model=model).to(device)
     if compile_stack:
-        module.net.features = torch.compile(module.net.features)
+        module.net.features.compile()  # as `compile=true` trains
     optimizer = module.build_optimizer()
     size = module.net.patch_size
     space = LabelSpace(tasks)

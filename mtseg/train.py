@@ -174,6 +174,8 @@ def train(cfg: DictConfig) -> dict:
         seed=cfg.seed,
         **OmegaConf.to_container(cfg.optimizer),
     )
+    if cfg.compile:
+        module.net.features.compile()  # in place: the state dict keeps its keys
     log.info(
         "Experiment %s: TriplanarCNN with %d parameters, %d outputs %s",
         cfg.experiment, module.n_params, module.label_space.n_classes, list(module.label_space.class_names),
