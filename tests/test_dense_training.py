@@ -13,7 +13,7 @@ from mtseg.dense_loss import dense_loss, dense_loss_weights
 from mtseg.model import TriplanarCNN
 from mtseg.module import MultiTaskSegmentationModule
 from mtseg.tasks import LabelSpace
-from toydata import RADIUS, toy_datamodule, toy_subject
+from toydata import RADIUS, cube_context, toy_datamodule, toy_subject
 
 DENSE = {"mode": "dense", "cube": 4, "cubes_per_task": 2, "queue": {"max_length": 16, "samples_per_volume": 8, "block": 2}}
 
@@ -38,7 +38,7 @@ def test_cube_logits_equal_patch_logits_of_every_voxel_borders_included(cube):
     centres = torch.tensor([(4, 5, 5), (0, 5, 5), (8, 0, 10), *corners])
     flat = (centres[:, 0] * ny + centres[:, 1]) * nz + centres[:, 2]
     starts = volume.cube_start(flat, cube)
-    contexts = torch.stack([volume.cube_context(s.tolist(), cube) for s in starts])
+    contexts = torch.stack([cube_context(volume, s.tolist(), cube) for s in starts])
     with torch.no_grad():
         logits = net.forward_cubes(contexts, cube)  # (B, C, k, k, k)
     offsets = torch.stack(torch.meshgrid(*[torch.arange(cube)] * 3, indexing="ij"), -1).reshape(-1, 3)

@@ -21,7 +21,7 @@ from mtseg.data.sampling import (
 from mtseg.data.training_volumes import TrainingVolumes
 from mtseg.data.triplanar import TriplanarVolume
 from mtseg.tasks import LabelSpace
-from toydata import RADIUS, toy_datamodule, toy_subject
+from toydata import RADIUS, cube_context, toy_datamodule, toy_subject
 
 
 def test_triplanar_planes_match_slices_of_the_padded_volume():
@@ -170,7 +170,7 @@ def test_training_volumes_gather_the_patches_and_cubes_of_volumes_of_any_shape_w
     batch = volumes({"subject": ids, "start": starts, "task": torch.zeros_like(ids)})
     for b, (i, start) in enumerate(zip(ids.tolist(), starts.tolist())):
         volume = prepared[i][VOLUME]
-        assert torch.equal(batch["context"][b], volume.cube_context(start, 3))
+        assert torch.equal(batch["context"][b], cube_context(volume, start, 3))
         x, y, z = start
         codes = prepared[i][CLASS_INDEX].codes.view(volume.shape)[x : x + 3, y : y + 3, z : z + 3]
         assert torch.equal(batch["target"][b], luts[0][codes.long()])

@@ -9,6 +9,14 @@ from mtseg.data.datamodule import MultiTaskDataModule
 RADIUS = 3
 
 
+def cube_context(volume, start, cube: int) -> torch.Tensor:
+    """The ``(cube + 2·radius)³`` context of the cube whose first target voxel is ``start``: a slice of
+    the padded volume, the reference the dense gather is checked against."""
+    sx, sy, sz = (int(s) for s in start)
+    side = cube + 2 * volume.radius
+    return volume.padded[sx : sx + side, sy : sy + side, sz : sz + side]
+
+
 def toy_subject(task: str, n_classes: int, shape=(16, 18, 20), seed=0, rare=None, separable=False) -> tio.Subject:
     """Random labels, optionally one rare class (two voxels); intensity > 0 only where x > 2.
 

@@ -124,7 +124,8 @@ class TrainingVolumes:
 
     def cubes(self, subject: torch.Tensor, start: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The ``(B, S, S, S)`` contexts (``S = cube + 2·radius``) and ``(B, k, k, k)`` class codes of the cubes
-        whose first target voxel is ``start`` ``(B, 3)`` in volume ``subject`` (as :meth:`TriplanarVolume.cube_context`)."""
+        whose first target voxel is ``start`` ``(B, 3)`` in volume ``subject``: the
+        slices ``padded[sx : sx + S, sy : sy + S, sz : sz + S]`` of each volume and the codes of its target voxels."""
         if self.cube is None:
             raise ValueError("these training volumes serve triplanar samples (training=patch), not cubes")
         offset, x_stride, y_stride = (s.view(-1, 1, 1, 1) for s in self._padded_strides(subject))

@@ -83,12 +83,6 @@ class TriplanarVolume:
         upper = torch.tensor([nx - cube, ny - cube, nz - cube])
         return torch.minimum((centre - cube // 2).clamp_min(0), upper)
 
-    def cube_context(self, start: tuple[int, int, int], cube: int) -> torch.Tensor:
-        """The ``(cube + 2·radius)³`` context of the cube whose first target voxel is ``start`` (a view)."""
-        sx, sy, sz = (int(s) for s in start)
-        side = cube + 2 * self.radius
-        return self.padded[sx : sx + side, sy : sy + side, sz : sz + side]
-
     def extract(self, flat_index: torch.Tensor) -> torch.Tensor:
         """Triplanar patches ``(N, 3, P, P)`` centred on the given flat voxel indices."""
         centres = self.padded_flat_index(flat_index.long())
