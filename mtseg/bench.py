@@ -12,7 +12,9 @@
 5. learning per second: labelled voxels per second of training in compute-sharing mode
    (``training=dense``: cubes at the settings of ``conf/training/dense.yaml``) against the
    paper's patch mode, same network, same phantoms; the dense pipeline's rate against its
-   step; and the peak memory of a process doing dense training steps (a fresh process);
+   step; and the peak memory and seconds of dense training steps in a fresh process, with
+   freed memory kept for reuse (as mtseg's entry points run, :mod:`mtseg.cpu_allocator`)
+   and with glibc's defaults;
 6. dense whole-volume inference versus patch-by-patch inference of the paper-sized
    network on a 64^3 volume (voxels/s of each and their ratio), and, with
    ``--large-shape 256 256 256``, dense voxels/s and peak memory on a large volume
@@ -35,6 +37,7 @@ from hydra.utils import instantiate
 from mtseg import CONFIG_DIR
 from omegaconf import OmegaConf
 
+from mtseg.cpu_allocator import reuse_freed_memory
 from mtseg.data.cube_sampling import IGNORE
 from mtseg.data.datamodule import MultiTaskDataModule, prepare_subject, sampling_queue
 from mtseg.data.preprocessing import build_preprocessing
@@ -45,6 +48,10 @@ from mtseg.defaults import conf_defaults
 from mtseg.inference import dense_probabilities, patch_probabilities, segment_volume
 from mtseg.model import TriplanarCNN
 from mtseg.module import MultiTaskSegmentationModule, cpu_has_native_bf16
+
+
+#: Dense training steps timed in a fresh process (after one warm-up step).
+DENSE_STEPS_TIMED = 3
 
 
 def peak_rss_gib() -> float:
@@ -113,7 +120,10 @@ def time_training(module: MultiTaskSegmentationModule, batches, gather, n: int, 
     return samples / seconds
 
 
-def _dense_step_in_child(tasks: list[str], model: dict, n_cubes: int, cube: int, device_type: str, bf16: bool, results) -> None:
+def _dense_step_in_child(tasks: list[str], model: dict, n_cubes: int, cube: int, device_type: str, bf16: bool,
+                         keep_freed: bool, results) -> None:
+    if keep_freed:
+        reuse_freed_memory()
     device = torch.device(device_type)
     module = MultiTaskSegmentationModule(tasks, model=model).to(device).train()
     optimizer = module.build_optimizer()
@@ -124,21 +134,28 @@ def _dense_step_in_child(tasks: list[str], model: dict, n_cubes: int, cube: int,
         "task": torch.arange(n_cubes, device=device) % len(tasks),
     }
     before = peak_rss_gib()
-    for _ in range(2):
+    seconds = 0.0
+    for step in range(DENSE_STEPS_TIMED + 1):  # the first step warms up
+        _synchronize(device)
+        start = time.perf_counter()
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             loss, _ = module.loss(batch)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
+        _synchronize(device)
+        seconds += (time.perf_counter() - start) if step else 0.0
     gpu = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
-    results.put((before, peak_rss_gib(), gpu, module.net.forward_cubes_bytes(n_cubes, cube) / 2**30))
+    results.put((before, peak_rss_gib(), gpu, module.net.forward_cubes_bytes(n_cubes, cube) / 2**30, seconds / DENSE_STEPS_TIMED))
 
 
-def dense_step_memory(tasks: list[str], model: dict, n_cubes: int, cube: int, device: torch.device, bf16: bool = False) -> tuple:
-    """Peak RSS (GiB) of a fresh process before and after two dense training steps, peak GPU memory, and the estimate."""
+def dense_step_memory(tasks: list[str], model: dict, n_cubes: int, cube: int, device: torch.device, bf16: bool = False,
+                      keep_freed: bool = True) -> tuple:
+    """A fresh process's dense training steps: peak RSS (GiB) before and after, peak GPU memory, the
+    estimate, and seconds per step; ``keep_freed`` as training runs (:mod:`mtseg.cpu_allocator`) or not."""
     context = multiprocessing.get_context("spawn")
     results = context.Queue()
-    child = context.Process(target=_dense_step_in_child, args=(tasks, model, n_cubes, cube, device.type, bf16, results))
+    child = context.Process(target=_dense_step_in_child, args=(tasks, model, n_cubes, cube, device.type, bf16, keep_freed, results))
     child.start()
     measured = results.get()
     child.join()
@@ -171,6 +188,7 @@ def time_dense_versus_patches(
 
 
 def _dense_in_child(shape: tuple[int, int, int], slab: int | None, slab_voxels: int, device_type: str, results) -> None:
+    reuse_freed_memory()  # as predict and evaluate run
     device = torch.device(device_type)
     net = TriplanarCNN(9).eval().to(device)
     volume = TriplanarVolume(torch.rand(shape), net.depth)
@@ -233,6 +251,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--inference-only", action="store_true", help="skip the pipeline and training measurements")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides of the train config, e.g. model.depth=3 or training.cube=8")
     args = parser.parse_args(argv)
+    reuse_freed_memory()  # as training and inference run
 
     with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
         # training.* overrides are for the dense section (the patch mode has none)
@@ -328,11 +347,19 @@ def time_dense_training(args: argparse.Namespace, tasks: list[str], device: torc
     print(f"dense pipeline ({n_batches} mini-batches of cubes, gathered on {device}): {pipeline:9.1f} labelled voxels/s, {pipeline / dense:.1f}x the dense step")
     print(f"of which the host's part, the mini-batches of cube positions alone: {cube_rate:9.1f} cubes/s "
           f"({cube_rate / (per_task * len(tasks)):.0f} mini-batches/s)")
-    before, peak, gpu, estimate = dense_step_memory(tasks, dict(cfg.model), per_task * len(tasks), cube, device, bf16)
+    n_cubes = per_task * len(tasks)
+    steps = {keep: dense_step_memory(tasks, dict(cfg.model), n_cubes, cube, device, bf16, keep_freed=keep) for keep in (False, True)}
+    before, peak, gpu, estimate, seconds = steps[True]
     print(
-        f"dense training step{' in bf16' if bf16 else ''} on {per_task * len(tasks)} cubes of {cube}^3: peak RSS {peak:.2f} GiB "
+        f"dense training step{' in bf16' if bf16 else ''} on {n_cubes} cubes of {cube}^3: peak RSS {peak:.2f} GiB "
         f"({before:.2f} GiB before the first step){'' if gpu is None else f', peak GPU memory {gpu:.2f} GiB'}; "
         f"the check before training estimates {estimate:.2f} GiB"
+    )
+    default_seconds, default_peak = steps[False][4], steps[False][1]
+    print(
+        f"the same step, fresh processes: {seconds:.3f} s with freed memory kept for reuse (mtseg's entry points), "
+        f"{default_seconds:.3f} s with glibc's defaults (MTSEG_KEEP_FREED_MEMORY=0; peak RSS {default_peak:.2f} GiB): "
+        f"{default_seconds / seconds:.2f}x"
     )
 
 

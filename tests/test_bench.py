@@ -35,4 +35,8 @@ def test_bench_reports_pipeline_training_modes_and_inference(tmp_path):
         assert re.search(r"dense training in bf16 autocast .*: +[\d.]+ labelled voxels/s, [\d.]+x fp32", out)
     memory = re.search(r"dense training step(?: in bf16)? on 3 cubes of 4\^3: peak RSS ([\d.]+) GiB \(([\d.]+) GiB before the first step\)", out)
     assert memory and float(memory.group(1)) >= float(memory.group(2)) > 0
+    reuse = re.search(r"the same step, fresh processes: ([\d.]+) s with freed memory kept .*, ([\d.]+) s with glibc's defaults "
+                      r"\(MTSEG_KEEP_FREED_MEMORY=0; peak RSS ([\d.]+) GiB\): ([\d.]+)x", out)
+    assert reuse and float(reuse.group(1)) > 0 and float(reuse.group(2)) > 0 and float(reuse.group(3)) > 0
+    assert float(reuse.group(4)) > 0
     assert re.search(r"inference on \(8, 8, 8\): dense \d+ voxels/s", out)
