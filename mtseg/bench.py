@@ -14,7 +14,8 @@
    paper's patch mode, same network, same phantoms; the dense pipeline's rate against its
    step; and the peak memory and seconds of dense training steps in a fresh process, with
    freed memory kept for reuse (as mtseg's entry points run, :mod:`mtseg.cpu_allocator`)
-   and with glibc's defaults;
+   and with glibc's defaults (the CTA-sized volume of 4. is measured first, with glibc's
+   defaults, as training prepares its data; the rest as training steps run);
 6. dense whole-volume inference versus patch-by-patch inference of the paper-sized
    network on a 64^3 volume (voxels/s of each and their ratio), and, with
    ``--large-shape 256 256 256``, dense voxels/s and peak memory on a large volume
@@ -188,7 +189,6 @@ def time_dense_versus_patches(
 
 
 def _dense_in_child(shape: tuple[int, int, int], slab: int | None, slab_voxels: int, device_type: str, results) -> None:
-    reuse_freed_memory()  # as predict and evaluate run
     device = torch.device(device_type)
     net = TriplanarCNN(9).eval().to(device)
     volume = TriplanarVolume(torch.rand(shape), net.depth)
@@ -251,7 +251,6 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--inference-only", action="store_true", help="skip the pipeline and training measurements")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides of the train config, e.g. model.depth=3 or training.cube=8")
     args = parser.parse_args(argv)
-    reuse_freed_memory()  # as training and inference run
 
     with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
         # training.* overrides are for the dense section (the patch mode has none)
@@ -261,36 +260,16 @@ def main(argv: list[str] | None = None) -> None:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     print(f"device: {device} ({torch.cuda.get_device_name() if device.type == 'cuda' else f'{torch.get_num_threads()} CPU threads'})")
     if not args.inference_only:
+        time_cta_sized_volume(args, cfg, tasks, device)
+        reuse_freed_memory()  # from here on as training steps run (mtseg.callbacks.KeepFreedMemory)
         patch_rate = time_pipeline_and_training(args, cfg, tasks, device)
         time_dense_training(args, tasks, device, patch_rate)
     time_inference(args, device)
 
 
-def time_pipeline_and_training(args: argparse.Namespace, cfg, tasks: list[str], device: torch.device) -> float:
-    """Measurements 1-4: the data pipeline, the training step, their ratio, the CTA-sized volume; returns the step's samples/s."""
-
-    datamodule: MultiTaskDataModule = instantiate(cfg.data, tasks=tasks, radius=cfg.model.depth, seed=0)
-    start = time.perf_counter()
-    datamodule.prepare_data()
-    datamodule.setup()
-    print(f"phantoms ready and preprocessed in {time.perf_counter() - start:.1f} s")
-    batches = iter(datamodule.train_batches())
-    queue_cfg = cfg.data.queue
-    # a fill stops when the queue is full or every training image has been visited
-    per_fill = min(queue_cfg.max_length, min(len(datamodule.subjects[t]["train"]) for t in tasks) * queue_cfg.samples_per_volume)
-    n_batches = -(-args.refills * per_fill * len(tasks) // args.batch_size)
-    pipeline = time_pipeline(batches, n_batches, datamodule.gather, device)
-    indices = time_index_stream(batches, n_batches)
-    module = MultiTaskSegmentationModule(tasks, model=dict(cfg.model))
-    training = time_training(module, batches, datamodule.gather, args.train_steps, device)
-    print(
-        f"pipeline (3 tasks, TorchIO queues of blocks of {queue_cfg.block}, balanced, batch {args.batch_size}, {n_batches} batches = "
-        f"{args.refills} queue fills per task, gathered on {device}): {pipeline:9.1f} samples/s"
-    )
-    print(f"of which the host's part, the mini-batches of indices alone:      {indices:9.1f} samples/s")
-    print(f"training step (TriplanarCNN, {module.n_params} parameters):      {training:9.1f} samples/s")
-    print(f"ratio pipeline / training step: {pipeline / training:.1f}x")
-
+def time_cta_sized_volume(args: argparse.Namespace, cfg, tasks: list[str], device: torch.device) -> None:
+    """Measurement 4: preprocessing, class index and queue of one CTA-sized volume, and the peak memory so far
+    (measured first, before freed memory is kept for the training steps, as training prepares its data)."""
     shape = tuple(args.cta_shape)
     subject = cta_sized_volume(shape)
     pre = cfg.data.cta.preprocessing
@@ -314,8 +293,35 @@ def time_pipeline_and_training(args: argparse.Namespace, cfg, tasks: list[str], 
     rate = -(-n // per_take) * per_take / (time.perf_counter() - start)
     print(
         f"CTA-sized volume {shape}: preprocessing + class index {prepare_seconds:.1f} s once, "
-        f"queue {rate:.1f} samples/s over {args.refills} fills (gathered on {device}), peak RSS of the process {peak_rss_gib():.2f} GiB"
+        f"queue {rate:.1f} samples/s over {args.refills} fills (gathered on {device}), peak RSS of the process so far {peak_rss_gib():.2f} GiB"
     )
+
+
+def time_pipeline_and_training(args: argparse.Namespace, cfg, tasks: list[str], device: torch.device) -> float:
+    """Measurements 1-3: the data pipeline, the training step and their ratio; returns the step's samples/s."""
+
+    datamodule: MultiTaskDataModule = instantiate(cfg.data, tasks=tasks, radius=cfg.model.depth, seed=0)
+    start = time.perf_counter()
+    datamodule.prepare_data()
+    datamodule.setup()
+    print(f"phantoms ready and preprocessed in {time.perf_counter() - start:.1f} s")
+    batches = iter(datamodule.train_batches())
+    queue_cfg = cfg.data.queue
+    # a fill stops when the queue is full or every training image has been visited
+    per_fill = min(queue_cfg.max_length, min(len(datamodule.subjects[t]["train"]) for t in tasks) * queue_cfg.samples_per_volume)
+    n_batches = -(-args.refills * per_fill * len(tasks) // args.batch_size)
+    pipeline = time_pipeline(batches, n_batches, datamodule.gather, device)
+    indices = time_index_stream(batches, n_batches)
+    module = MultiTaskSegmentationModule(tasks, model=dict(cfg.model))
+    training = time_training(module, batches, datamodule.gather, args.train_steps, device)
+    print(
+        f"pipeline (3 tasks, TorchIO queues of blocks of {queue_cfg.block}, balanced, batch {args.batch_size}, {n_batches} batches = "
+        f"{args.refills} queue fills per task, gathered on {device}): {pipeline:9.1f} samples/s"
+    )
+    print(f"of which the host's part, the mini-batches of indices alone:      {indices:9.1f} samples/s")
+    print(f"training step (TriplanarCNN, {module.n_params} parameters):      {training:9.1f} samples/s")
+    print(f"ratio pipeline / training step: {pipeline / training:.1f}x")
+
     return training
 
 
@@ -357,7 +363,7 @@ def time_dense_training(args: argparse.Namespace, tasks: list[str], device: torc
     )
     default_seconds, default_peak = steps[False][4], steps[False][1]
     print(
-        f"the same step, fresh processes: {seconds:.3f} s with freed memory kept for reuse (mtseg's entry points), "
+        f"the same step, fresh processes: {seconds:.3f} s with freed memory kept for reuse (as mtseg.train trains), "
         f"{default_seconds:.3f} s with glibc's defaults (MTSEG_KEEP_FREED_MEMORY=0; peak RSS {default_peak:.2f} GiB): "
         f"{default_seconds / seconds:.2f}x"
     )

@@ -11,6 +11,7 @@ import numpy as np
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from mtseg.cpu_allocator import reuse_freed_memory
 from mtseg.tasks import TASKS
 
 #: Columns of ``metrics.csv``: one row per evaluation and class. ``train_seconds``: wall-clock
@@ -65,6 +66,18 @@ class DiceCSVWriter(L.Callback):
                 writer.writerow(METRICS_COLUMNS)
             for (task, cls), dice in pl_module.latest_dice.items():
                 writer.writerow((trainer.global_step, pl_module.minibatches_per_task(trainer.global_step), task, cls, dice, round(train_seconds, 3)))
+
+
+class KeepFreedMemory(L.Callback):
+    """Keep freed CPU memory for reuse once training starts (:mod:`mtseg.cpu_allocator`).
+
+    Training starts after the data module has prepared its volumes, so the temporaries of
+    preprocessing are still returned to the system as usual; only the steps' activations,
+    allocated and freed every step, are kept.
+    """
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        reuse_freed_memory()
 
 
 class EvaluationTimer(L.Callback):

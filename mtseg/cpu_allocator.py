@@ -13,10 +13,11 @@ process, so its peak RSS is higher (a dense step at the demo's settings: 2.3 GiB
 defaults, 2.6–3.1 GiB kept; README, *Performance*), and it is returned only when the process
 ends.
 
-Only the command-line entry points call it (``mtseg.train``, ``mtseg.evaluate``,
-``mtseg.predict``, ``mtseg.bench``); importing mtseg into another process (the Python API)
-leaves its allocator alone. ``MTSEG_KEEP_FREED_MEMORY=0`` keeps glibc's defaults in the entry
-points too. Elsewhere than glibc (macOS, musl) it does nothing.
+Training turns it on when its steps start (``mtseg.callbacks.KeepFreedMemory``), after the
+data module has prepared its volumes, so preprocessing's temporaries are returned as usual;
+``mtseg.bench`` turns it on for its training measurements. Inference (``evaluate``,
+``predict``, the Python API) leaves glibc's defaults alone. ``MTSEG_KEEP_FREED_MEMORY=0``
+keeps glibc's defaults in training too. Elsewhere than glibc (macOS, musl) it does nothing.
 """
 
 from __future__ import annotations

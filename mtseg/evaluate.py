@@ -21,7 +21,6 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from mtseg.checkpoint import LoadedCheckpoint, load_checkpoint, select_device, test_datamodule, thresholds_path
-from mtseg.cpu_allocator import reuse_freed_memory
 from mtseg.data.datamodule import HeldOutImage
 from mtseg.data.preprocessing import IMAGE, LABEL
 from mtseg.evaluation import EvaluationResult, WholeImageEvaluator
@@ -146,7 +145,6 @@ def summary_lines(results: dict) -> str:
 @hydra.main(version_base="1.3", config_path="../conf", config_name="evaluate")
 def main(cfg: DictConfig) -> None:
     out_dir = Path(HydraConfig.get().runtime.output_dir)
-    reuse_freed_memory()
     try:
         with sigterm_raises():
             evaluate(cfg)

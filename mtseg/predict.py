@@ -16,7 +16,6 @@ import logging
 import sys
 from pathlib import Path
 
-from mtseg.cpu_allocator import reuse_freed_memory
 from mtseg.nifti import ImageLimits, check_outputs, check_writable, read_image
 from mtseg.segmenter import Segmenter, default_settings, sidecar_path
 from mtseg.signals import SIGTERM_EXIT, Terminated, sigterm_raises
@@ -62,7 +61,6 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     args = parser().parse_args(argv)
-    reuse_freed_memory()
     try:
         with sigterm_raises():
             result = predict(args)

@@ -35,10 +35,9 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from mtseg.baseline import intensity_baseline_dice
-from mtseg.callbacks import METRICS_COLUMNS, DiceCSVWriter, EvaluationTimer, SaveOnSigterm, WandbSegmentationOverlays
+from mtseg.callbacks import METRICS_COLUMNS, DiceCSVWriter, EvaluationTimer, KeepFreedMemory, SaveOnSigterm, WandbSegmentationOverlays
 from mtseg.checkpoint import LoadedCheckpoint, load_checkpoint
 from mtseg.console import LineProgress, quiet_libraries
-from mtseg.cpu_allocator import reuse_freed_memory
 from mtseg.experiment_configs import register_experiment_configs
 from mtseg.evaluation import results_table
 from mtseg.module import MultiTaskSegmentationModule, cpu_has_native_bf16
@@ -147,7 +146,6 @@ def train(cfg: DictConfig) -> dict:
         if cfg.schedule[knob] < 1:
             raise ValueError(f"schedule.{knob} must be at least 1, got {cfg.schedule[knob]}")
     quiet_libraries()
-    reuse_freed_memory()  # a third of a CPU step was page faults of freed activations
     if str(cfg.trainer.get("strategy", "")).startswith("ddp") and HydraConfig.get().mode == RunMode.MULTIRUN \
             and "submitit" not in str(HydraConfig.get().launcher.get("_target_", "")):
         raise ValueError(
@@ -217,6 +215,7 @@ def train(cfg: DictConfig) -> dict:
         ModelCheckpoint(dirpath=checkpoints, filename="step{step:07d}", auto_insert_metric_name=False, save_top_k=-1, save_last=True),
         curve,
         SaveOnSigterm(checkpoints / "last.ckpt"),
+        KeepFreedMemory(),  # a third of a CPU step was page faults of freed activations
     ]
     if logger is not None:  # the learning rate of every step (`train/lr`, named by the module's scheduler)
         callbacks.append(LearningRateMonitor(logging_interval="step"))

@@ -19,9 +19,12 @@ PAGES = sum(SIZES_MIB) * 2**20 // 4096
 #: Allocates and touches tensors of several sizes, frees them, six times over, like the activations
 #: of repeated training steps; prints whether the setting took effect and each round's minor page faults.
 PROBE = f"""
-import resource
+import resource, sys
 import torch
+from mtseg.callbacks import KeepFreedMemory
 from mtseg.cpu_allocator import reuse_freed_memory
+if sys.argv[1] == "callback":
+    KeepFreedMemory().on_train_start(None, None)  # what training does when its steps start
 took = reuse_freed_memory()
 faults = []
 for _ in range(6):
@@ -33,11 +36,11 @@ print(took, *faults)
 """
 
 
-def probe(switch: str | None) -> tuple[bool, list[int]]:
+def probe(switch: str | None, how: str = "direct") -> tuple[bool, list[int]]:
     env = {k: v for k, v in os.environ.items() if k != "MTSEG_KEEP_FREED_MEMORY"}
     if switch is not None:
         env["MTSEG_KEEP_FREED_MEMORY"] = switch
-    out = subprocess.run([sys.executable, "-c", PROBE], env=env, capture_output=True, text=True, check=True).stdout
+    out = subprocess.run([sys.executable, "-c", PROBE, how], env=env, capture_output=True, text=True, check=True).stdout
     took, *faults = out.split()
     return took == "True", [int(f) for f in faults]
 
@@ -47,6 +50,12 @@ def test_freed_memory_is_reused_without_page_faults():
     assert took
     assert faults[0] > PAGES // 2  # the first round faults its pages in
     assert min(faults[1:]) < PAGES // 10  # later rounds reuse them
+
+
+def test_training_keeps_freed_memory_once_its_steps_start():
+    took, faults = probe(None, how="callback")
+    assert took
+    assert min(faults[1:]) < PAGES // 10
 
 
 def test_switched_off_leaves_glibc_returning_memory():
