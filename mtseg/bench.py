@@ -13,7 +13,7 @@
    (``training=dense``: cubes at the settings of ``conf/training/dense.yaml``) against the
    paper's patch mode, same network, same phantoms; the dense pipeline's rate against its
    step; and the peak memory and seconds of dense training steps in a fresh process, with
-   freed memory kept for reuse (as mtseg's entry points run, :mod:`mtseg.cpu_allocator`)
+   freed memory kept for reuse (as training runs, :mod:`mtseg.cpu_allocator`)
    and with glibc's defaults (the CTA-sized volume of 4. is measured first, with glibc's
    defaults, as training prepares its data; the rest as training steps run);
 6. dense whole-volume inference versus patch-by-patch inference of the paper-sized

@@ -10,7 +10,7 @@ glibc to take all memory from its heap (``M_MMAP_MAX = 0``) and not to give free
 to the system (``M_TRIM_THRESHOLD``), so from the second step on a step reuses the pages of
 the previous ones (no page faults; tested). The price is memory: freed blocks stay with the
 process, so its peak RSS is higher (a dense step at the demo's settings: 2.3 GiB with glibc's
-defaults, 2.6–3.1 GiB kept; README, *Performance*), and it is returned only when the process
+defaults, 2.6–3.2 GiB kept; README, *Performance*), and it is returned only when the process
 ends.
 
 Training turns it on when its steps start (``mtseg.callbacks.KeepFreedMemory``), after the
