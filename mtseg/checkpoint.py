@@ -14,7 +14,7 @@ from mtseg.module import CHECKPOINT_KEY, MultiTaskSegmentationModule
 from mtseg.tasks import LabelSpace
 
 #: The only ``_target_`` values a configuration read from a checkpoint may name: mtseg's data
-#: module and the TorchIO transforms mtseg's configs write (intensity preprocessing and brain
+#: module and the TorchIO transforms mtseg's configs write (intensity preprocessing and training
 #: augmentation). Anything else (``builtins.open``, ``os.system``, ...) is refused before Hydra
 #: instantiates it, so a checkpoint's configuration cannot create, truncate or run anything.
 ALLOWED_TARGETS = frozenset(
@@ -29,6 +29,7 @@ ALLOWED_TARGETS = frozenset(
         "torchio.RandomGamma",
         "torchio.RandomNoise",
         "torchio.RandomFlip",
+        "torchio.RandomAnisotropy",
     }
 )
 

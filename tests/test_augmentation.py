@@ -99,3 +99,33 @@ def test_bad_augmentation_settings():
         TrainingAugmentation([tio.RandomFlip()], -1, 0, "brain")
     off = TrainingAugmentation.from_config(None, 0, "brain")
     assert off.copies == 0
+
+
+def test_demo_reslice_augmentation_blurs_only_the_image():
+    """The demo's oblique, thick-slice copies: label map and sampling mask move with the rotation
+    but are never resampled through the thick slices (they would lose thin structures)."""
+    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose("train", overrides=["+experiment=brain_breast_cta", "+preset=demo"])
+    for task in ("brain", "breast", "cta"):
+        augmentation_cfg = instantiate(cfg.data[task].augmentation, _convert_="all")
+        assert [type(t).__name__ for t in augmentation_cfg["transforms"]] == ["RandomAffine", "RandomAnisotropy"]
+        assert augmentation_cfg["copies"] >= 1
+    affine, anisotropy = augmentation_cfg["transforms"]
+    rng = np.random.default_rng(0)
+    label = np.zeros((24, 24, 24), dtype=np.uint8)
+    label[6:18, 6:18, 6:18] = rng.integers(0, 2, size=(12, 12, 12))
+    image = (label * 0.8 + 0.1 + 0.05 * rng.random(label.shape)).astype(np.float32)
+    subject = tio.Subject(
+        image=tio.ScalarImage(tensor=torch.from_numpy(image)[None]),
+        label=tio.LabelMap(tensor=torch.from_numpy(label)[None]),
+        sampling_mask=tio.LabelMap(tensor=torch.ones_like(torch.from_numpy(label))[None]),
+        case_id="toy", task="cta",
+    )
+    torch.manual_seed(0)
+    thick = anisotropy(subject)
+    assert torch.equal(thick["label"].data, subject["label"].data)
+    assert torch.equal(thick["sampling_mask"].data, subject["sampling_mask"].data)
+    assert not torch.equal(thick["image"].data, subject["image"].data)
+    copy = TrainingAugmentation.from_config(augmentation_cfg, seed=0, task="cta").augment(subject, 1)
+    assert set(torch.unique(copy["label"].data).tolist()) <= {0, 1}
+    assert not torch.equal(copy["label"].data, subject["label"].data)  # rotated with the image

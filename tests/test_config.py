@@ -45,12 +45,26 @@ def test_paper_defaults_and_knob_names():
         assert str(OmegaConf.select(cfg, key)) == value
 
 
-@pytest.mark.parametrize(("preset", "mode"), [("cpu_demo", "dense"), ("cpu_demo_paper", "patch")])
+@pytest.mark.parametrize(("preset", "mode"), [("demo", "dense"), ("cpu_demo", "dense"), ("cpu_demo_paper", "patch")])
 def test_cpu_demo_presets_keep_the_papers_network(preset, mode):
     cfg = compose_train(["+experiment=brain_breast_cta", f"+preset={preset}"])
     assert (cfg.model.depth, cfg.model.width, cfg.model.fc_width) == (25, 32, 192)
     assert cfg.schedule.minibatches_per_task < 25000
     assert cfg.training.mode == mode
+
+
+def test_the_demo_preset_is_cpu_demo_with_a_lower_learning_rate_and_reslice_augmentation():
+    demo = OmegaConf.to_container(compose_train(["+experiment=brain_breast_cta", "+preset=demo"]).data, resolve=True)
+    cpu = OmegaConf.to_container(compose_train(["+experiment=brain_breast_cta", "+preset=cpu_demo"]).data, resolve=True)
+    for task in ("brain", "breast", "cta"):
+        assert cpu[task].pop("augmentation")["copies"] == 0
+        assert demo[task].pop("augmentation")["copies"] > 0
+    assert demo == cpu  # the same phantoms, queues and schedule otherwise
+    optimizer = [compose_train(["+experiment=brain_breast_cta", f"+preset={p}"]).optimizer for p in ("demo", "cpu_demo")]
+    assert optimizer[0].lr < optimizer[1].lr and optimizer[0].lr_decay == optimizer[1].lr_decay == "cosine"
+    # a data source's own augmentation (the brain templates') is kept by cpu_demo
+    templates = compose_train(["+experiment=brain", "data/brain=templates", "+preset=cpu_demo"])
+    assert templates.data.brain.augmentation.copies == 4
 
 
 def test_training_mode_defaults_to_the_papers_and_dense_knobs_exist():
