@@ -118,7 +118,7 @@ def test_demo_reslice_augmentation_blurs_only_the_image():
     subject = tio.Subject(
         image=tio.ScalarImage(tensor=torch.from_numpy(image)[None]),
         label=tio.LabelMap(tensor=torch.from_numpy(label)[None]),
-        sampling_mask=tio.LabelMap(tensor=torch.ones_like(torch.from_numpy(label))[None]),
+        sampling_mask=tio.LabelMap(tensor=torch.from_numpy((label > 0).astype(np.uint8))[None]),
         case_id="toy", task="cta",
     )
     torch.manual_seed(0)
