@@ -27,7 +27,8 @@ def predict(args: argparse.Namespace):
     image = read_image(args.input, ImageLimits.load(max_voxels=args.max_voxels))  # input checks before the network loads
     segmenter = Segmenter.from_checkpoint(
         args.checkpoint, args.device, slab_voxels=args.slab_voxels, max_voxels=args.max_voxels, min_dominance=args.min_dominance,
-        min_plausibility=args.min_plausibility, min_foreground_percent=args.min_foreground_percent,
+        min_plausibility=args.min_plausibility, min_intensity_agreement=args.min_intensity_agreement,
+        min_foreground_percent=args.min_foreground_percent,
     )
     maps = [Path(args.probabilities) / f"{name}.nii.gz" for name in segmenter.space.class_names] if args.probabilities else []
     check_outputs([output, sidecar_path(output), *maps], {"input image": Path(args.input), **segmenter.inputs}, args.overwrite)
@@ -52,6 +53,7 @@ def parser() -> argparse.ArgumentParser:
                    help=f"refuse inputs and working grids of more voxels (default: {ImageLimits.load().max_voxels:,d}, conf/limits.yaml)")
     for name, help_text in [("min-dominance", "share of foreground voxels in one task"),
                             ("min-plausibility", "agreement of the task's foreground fraction with its training images"),
+                            ("min-intensity-agreement", "share of the image's intensities at or above the threshold, relative to training"),
                             ("min-foreground-percent", "foreground percentage of the image")]:
         p.add_argument(f"--{name}", type=float, default=defaults[name.replace("-", "_")],
                        help=f"below this {help_text}, report low confidence (default: %(default)s)")

@@ -8,7 +8,12 @@ preprocessing, the task whose classes hold most of the labelled foreground voxel
 candidate; its *dominance* is that share and its *plausibility* how well the fraction of
 voxels it labels matches the task's training images (``min(r, 1/r)``; a brain MR read as CT
 may be "all coronary artery" with dominance 1 but 70 times the coronary fraction of a CTA).
-The recognised task is the candidate with the highest dominance × plausibility.
+Each pass also has an *intensity agreement*: the share of the input's stored intensities at or
+above the preprocessing's threshold, relative to the smallest such share among the training
+images of its tasks (capped at 1). MR magnitudes never fall below the MRI threshold (0), while
+two thirds of a CTA in Hounsfield units do (air, lungs, fat), so a CTA read as MRI scores about
+0.33 however the network labels it. The recognised task is the candidate with the highest
+dominance × plausibility × intensity agreement.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ class Pass:
     probabilities: dict[int, torch.Tensor]  # output channel -> probability volume, for the kept channels
     foreground_per_task: dict[str, int] = field(default_factory=dict)
     n_voxels: int = 0
+    intensity_agreement: float = 1.0  # see intensity_agreement()
 
     @property
     def foreground(self) -> int:
@@ -50,6 +56,11 @@ class Pass:
         ratio = observed / expected[task]
         return min(ratio, 1 / ratio)
 
+    def score(self, expected: dict[str, float]) -> float:
+        """How likely this pass's candidate is the image's task: dominance × plausibility × intensity agreement."""
+        _, dominance, plausibility = self.recognise(expected)
+        return dominance * plausibility * self.intensity_agreement
+
     def recognise(self, expected: dict[str, float]) -> tuple[str | None, float, float]:
         """Among the tasks whose preprocessing this pass used, the most likely one: the task
         whose classes hold most labelled foreground voxels, scored by its share of them (the
@@ -64,7 +75,9 @@ class Pass:
 
     def counts_only(self) -> Pass:
         """This pass without its volumes (kept for the report once recognition is done)."""
-        return Pass(self.tasks, self.spacing, self.affine, torch.empty(0), {}, dict(self.foreground_per_task), self.n_voxels)
+        return Pass(
+            self.tasks, self.spacing, self.affine, torch.empty(0), {}, dict(self.foreground_per_task), self.n_voxels, self.intensity_agreement
+        )
 
     def report(self, expected: dict[str, float]) -> dict:
         """The pass as the sidecar lists it."""
@@ -73,8 +86,18 @@ class Pass:
             "spacing_mm": self.spacing,
             "voxels": self.n_voxels,
             "foreground_voxels_per_task": self.foreground_per_task,
+            "intensity_agreement": round(self.intensity_agreement, 6),
             "recognised": dict(zip(("task", "dominance", "plausibility"), self.recognise(expected))),
         }
+
+
+def intensity_agreement(below: float, trained_below: float | None) -> float:
+    """How well an image's stored intensities fit a preprocessing: ``(1 - below) / (1 - trained_below)``,
+    capped at 1, for the fraction ``below`` of its voxels strictly below the threshold and the largest such
+    fraction ``trained_below`` among the training images (1 when that is unknown: older checkpoints)."""
+    if trained_below is None or below <= trained_below:
+        return 1.0
+    return (1.0 - below) / (1.0 - trained_below)
 
 
 def preprocessing_key(config: dict) -> str:

@@ -35,13 +35,13 @@ import numpy as np
 import torch
 import torchio as tio
 from mtseg.checkpoint import LoadedCheckpoint, instantiate_checked, load_checkpoint, select_device, threshold_for, thresholds_path
-from mtseg.data.preprocessing import IMAGE, SAMPLING_MASK, build_preprocessing
+from mtseg.data.preprocessing import IMAGE, SAMPLING_MASK, below_threshold_fraction, build_preprocessing
 from mtseg.data.triplanar import TriplanarVolume
 from mtseg.defaults import conf_defaults
 from mtseg.inference import segment_volume
 from mtseg.nifti import ImageLimits, atomic_write_all, check_outputs, check_writable_folder, nifti_writer, read_image, to_input_grid
 from mtseg.operating_point import task_labels, thresholded
-from mtseg.recognition import Pass, preprocessing_key, resolved_spacing, working_spacing
+from mtseg.recognition import Pass, intensity_agreement, preprocessing_key, resolved_spacing, working_spacing
 from mtseg.tasks import TASKS
 
 log = logging.getLogger("mtseg.segmenter")
@@ -64,7 +64,7 @@ class Segmentation:
         labels: ``(X, Y, Z)`` uint8 task-local labels on the input's grid.
         task: The task the labels are of.
         recognition: What the sidecar ``OUT.json`` holds: task, whether it was recognised or given,
-            dominance, plausibility, foreground percentage, low confidence, working spacing,
+            dominance, plausibility, intensity agreement, foreground percentage, low confidence, working spacing,
             threshold and its source, label names, voxel counts, the recognition passes.
         class_names: The network's output channels (names of the probability maps).
         working: The final pass on the working grid (its probabilities are resampled on demand).
@@ -138,7 +138,7 @@ class Segmentation:
             f"Task: {report['task']} ({how}; dominance {100 * report['dominance']:.2f} % of labelled foreground voxels, "
             f"foreground {report['foreground_percent']:.3f} % of the image"
             + ("" if report["training_foreground_percent"] is None else f" vs {report['training_foreground_percent']:.3f} % in training")
-            + f", plausibility {report['plausibility']:.2f})",
+            + f", plausibility {report['plausibility']:.2f}, intensity agreement {report['intensity_agreement']:.2f})",
         ]
         if report["low_confidence"]:
             lines.append(
@@ -185,7 +185,7 @@ class Segmenter:
         loaded: The checkpoint (:func:`mtseg.checkpoint.load_checkpoint`).
         device: ``"auto"`` (the GPU when present), ``"cpu"`` or ``"cuda"``.
         **settings: Any key of ``conf/predict.yaml`` (``slab_voxels``, ``min_dominance``,
-            ``min_plausibility``, ``min_foreground_percent``) and ``max_voxels``
+            ``min_plausibility``, ``min_intensity_agreement``, ``min_foreground_percent``) and ``max_voxels``
             (``conf/limits.yaml``); ``None`` keeps the default.
     """
 
@@ -203,6 +203,8 @@ class Segmenter:
         self.spacings = {t: loaded.meta["preprocessing"][t]["spacing"] for t in self.space.tasks}
         # how much of a training image each task's foreground filled (absent from older checkpoints)
         self.expected = dict(loaded.meta.get("foreground_fraction") or {})
+        # how much of a training image's stored intensities lay below the task's threshold (likewise)
+        self.trained_below = dict(loaded.meta.get("below_threshold_fraction") or {})
         self.thresholds = {t: threshold_for(loaded, t) for t in self.space.tasks if thresholded(t)}
 
     @classmethod
@@ -262,10 +264,9 @@ class Segmenter:
         candidates = [p for tasks in groups.values() if (p := self._pass(image, tuple(tasks), spacing, channels, thresholds)) is not None]
         if not candidates:
             raise self._nothing_above_threshold(image, self.space.tasks)
-        scores = [p.recognise(self.expected) for p in candidates]
-        index = max(range(len(candidates)), key=lambda i: (scores[i][1] * scores[i][2], candidates[i].foreground))
+        index = max(range(len(candidates)), key=lambda i: (candidates[i].score(self.expected), candidates[i].foreground))
         best = candidates[index]
-        task, dominance, plausibility = scores[index]
+        task, dominance, plausibility = best.recognise(self.expected)
         recognised = task is not None
         task = task if recognised else best.tasks[0]
         final = best
@@ -308,6 +309,8 @@ class Segmenter:
                 raise self._nothing_above_threshold(image, tasks)
             log.info("No voxel above the threshold of %s's preprocessing (%g): skipped", tasks[0], config["threshold"])
             return None
+        trained = [self.trained_below[t] for t in tasks if t in self.trained_below]
+        agreement = intensity_agreement(below_threshold_fraction(image.data, float(config["threshold"])), max(trained) if trained else None)
         volume = TriplanarVolume(prepared[IMAGE].data[0], self.net.depth, float(self.loaded.meta["pad_value"]))
         log.info("Segmenting at %s mm (%s preprocessing), %d x %d x %d voxels",
                  spacing if isinstance(spacing, str) else f"{spacing:.3g}", tasks[0], *volume.shape)
@@ -320,7 +323,7 @@ class Segmenter:
             channel = self.space.task_classes(t)[1]
             if channel in kept:
                 per_task[t] = int((kept[channel] >= threshold).sum())
-        return Pass(tasks, spacing, prepared[IMAGE].affine, segmentation.labels, kept, per_task, segmentation.labels.numel())
+        return Pass(tasks, spacing, prepared[IMAGE].affine, segmentation.labels, kept, per_task, segmentation.labels.numel(), agreement)
 
     def _report(self, image, task, given, recognised, dominance, plausibility, final: Pass, threshold, source, labels, passes) -> dict:
         spec = TASKS[task]
@@ -336,10 +339,11 @@ class Segmenter:
             "recognised": recognised,
             "dominance": round(dominance, 6),
             "plausibility": round(plausibility, 6),
+            "intensity_agreement": round(final.intensity_agreement, 6),
             "training_foreground_percent": None if task not in self.expected else round(100 * self.expected[task], 6),
             "foreground_percent": round(foreground_percent, 6),
             "low_confidence": dominance < s["min_dominance"] or foreground_percent < s["min_foreground_percent"]
-            or plausibility < s["min_plausibility"],
+            or plausibility < s["min_plausibility"] or final.intensity_agreement < s["min_intensity_agreement"],
             "working_spacing_mm": resolved_spacing(final.spacing, image),
             "preprocessing_of": final.tasks[0],
             "threshold": threshold,

@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 from mtseg.data.augmentation import TrainingAugmentation
 from mtseg.data.check import check_subjects
 from mtseg.data.cube_sampling import ClassBalancedCubeSampler, TaskBalancedCubes, cube_target_luts
-from mtseg.data.preprocessing import IMAGE, LABEL, SAMPLING_MASK, build_preprocessing
+from mtseg.data.preprocessing import IMAGE, LABEL, SAMPLING_MASK, below_threshold_fraction, build_preprocessing
 from mtseg.data.sampling import (
     CLASS_INDEX,
     CLASS_QUOTA,
@@ -258,6 +258,8 @@ class MultiTaskDataModule(L.LightningDataModule):
                 if int(self.training[knob]) < 1:
                     raise ValueError(f"training.{knob} must be positive, got {self.training[knob]}")
         self.subjects: dict[str, dict[str, list[tio.Subject]]] = {}
+        #: Per task, the largest fraction of a training image's stored intensities below the task's threshold (``setup``).
+        self.below_threshold: dict[str, float] = {}
         #: Every training volume, on the training device once a mini-batch has been gathered there (``setup``).
         self.training_volumes: TrainingVolumes | None = None
 
@@ -314,6 +316,8 @@ class MultiTaskDataModule(L.LightningDataModule):
                 raise ValueError(f"task {task!r} has no held-out images for validation")
             cfg = self.sources[task]["preprocessing"]
             preprocessing = build_preprocessing(cfg["spacing"], cfg["threshold"], list(cfg.get("intensity", [])))
+            if not held_out_only:  # the stored intensities, before preprocessing (for predict's recognition)
+                self.below_threshold[task] = max(below_threshold_fraction(s[IMAGE].data, float(cfg["threshold"])) for s in splits["train"])
             # training images: the original and data.<task>.augmentation.copies augmented copies
             augmentation = TrainingAugmentation.from_config(self.sources[task].get("augmentation"), self.seed, task)
             self.subjects[task] = {
@@ -402,6 +406,11 @@ class MultiTaskDataModule(L.LightningDataModule):
             task: float(np.mean([int(s[LABEL].data.count_nonzero()) / s[LABEL].data.numel() for s in self.subjects[task]["train"]]))
             for task in self.tasks
         }
+
+    def below_threshold_fraction(self) -> dict[str, float]:
+        """Per task, the largest fraction of a training image's stored intensities strictly below the
+        task's threshold (none for MR magnitudes; a CT's out-of-field padding): stored with checkpoints."""
+        return dict(self.below_threshold)
 
     def held_out_images(self, limit: int | None = None) -> list[HeldOutImage]:
         """The first ``limit`` (all if ``None``) preprocessed held-out images of every task."""

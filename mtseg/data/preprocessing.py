@@ -56,6 +56,16 @@ class SamplingMask(tio.Transform):
         return subject
 
 
+def below_threshold_fraction(image: torch.Tensor, threshold: float) -> float:
+    """The fraction of ``image``'s voxels whose stored intensity is strictly below ``threshold``.
+
+    MR magnitude images have none below the MRI threshold (0), while a CT in Hounsfield units
+    has its air, lungs and fat there: recognition (:mod:`mtseg.recognition`) compares an
+    input's fraction with the training images' to tell an MR from a CT.
+    """
+    return float((image < threshold).sum()) / max(1, image.numel())
+
+
 #: Spacing rule: isotropic at each image's finest spacing (its in-plane spacing).
 INPLANE = "inplane"
 
