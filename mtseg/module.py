@@ -95,8 +95,8 @@ class MultiTaskSegmentationModule(L.LightningModule):
         self.latest_evaluation: EvaluationResult | None = None
         #: Mean fraction of a training image's voxels that are the task's foreground (set by training).
         self.foreground_fraction: dict[str, float] = {}
-        #: Largest fraction of a training image's stored intensities below the task's threshold (set by training).
-        self.below_threshold_fraction: dict[str, float] = {}
+        #: Smallest and largest fraction of a training image's stored intensities below 0 (set by training).
+        self.negative_fraction_range: dict[str, list[float]] = {}
         #: The W&B run of the training (set by training; a resumed run continues it).
         self.wandb_run_id: str | None = None
 
@@ -212,7 +212,7 @@ class MultiTaskSegmentationModule(L.LightningModule):
             "patch_size": self.net.patch_size,
             "pad_value": self.hparams.pad_value,
             "foreground_fraction": dict(self.foreground_fraction),
-            "below_threshold_fraction": dict(self.below_threshold_fraction),
+            "negative_fraction_range": dict(self.negative_fraction_range),
             "training": self.hparams.training,
             "wandb_run_id": self.wandb_run_id,
             # PR operating points of the evaluation just before this save (same weights)

@@ -8,11 +8,11 @@ preprocessing, the task whose classes hold most of the labelled foreground voxel
 candidate; its *dominance* is that share and its *plausibility* how well the fraction of
 voxels it labels matches the task's training images (``min(r, 1/r)``; a brain MR read as CT
 may be "all coronary artery" with dominance 1 but 70 times the coronary fraction of a CTA).
-Each pass also has an *intensity agreement*: the share of the input's stored intensities at or
-above the preprocessing's threshold, relative to the smallest such share among the training
-images of its tasks (capped at 1). MR magnitudes never fall below the MRI threshold (0), while
-two thirds of a CTA in Hounsfield units do (air, lungs, fat), so a CTA read as MRI scores about
-0.33 however the network labels it. The recognised task is the candidate with the highest
+Each pass also has an *intensity agreement* (:func:`intensity_agreement`): whether the share
+of the input's stored intensities below 0 lies in the range of the training images of the
+pass's tasks. MR magnitudes are never negative, while two thirds of a CTA in Hounsfield units
+are (air, lungs, fat), so a CTA read as MRI scores about 0.33, and an MR read as CT 0, however
+the network labels them. The recognised task is the candidate with the highest
 dominance × plausibility × intensity agreement.
 """
 
@@ -91,13 +91,18 @@ class Pass:
         }
 
 
-def intensity_agreement(below: float, trained_below: float | None) -> float:
-    """How well an image's stored intensities fit a preprocessing: ``(1 - below) / (1 - trained_below)``,
-    capped at 1, for the fraction ``below`` of its voxels strictly below the threshold and the largest such
-    fraction ``trained_below`` among the training images (1 when that is unknown: older checkpoints)."""
-    if trained_below is None or below <= trained_below:
+def intensity_agreement(negative: float, trained: tuple[float, float] | None) -> float:
+    """How well an image's share ``negative`` of stored intensities below 0 fits the range ``trained``
+    (smallest, largest) of the training images': 1 inside it, ``negative / smallest`` below it,
+    ``(1 - negative) / (1 - largest)`` above it (1 when the range is unknown: older checkpoints)."""
+    if trained is None:
         return 1.0
-    return (1.0 - below) / (1.0 - trained_below)
+    low, high = trained
+    if negative < low:
+        return negative / low
+    if negative > high:
+        return (1.0 - negative) / (1.0 - high)
+    return 1.0
 
 
 def preprocessing_key(config: dict) -> str:

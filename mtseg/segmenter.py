@@ -35,7 +35,7 @@ import numpy as np
 import torch
 import torchio as tio
 from mtseg.checkpoint import LoadedCheckpoint, instantiate_checked, load_checkpoint, select_device, threshold_for, thresholds_path
-from mtseg.data.preprocessing import IMAGE, SAMPLING_MASK, below_threshold_fraction, build_preprocessing
+from mtseg.data.preprocessing import IMAGE, SAMPLING_MASK, build_preprocessing, negative_fraction
 from mtseg.data.triplanar import TriplanarVolume
 from mtseg.defaults import conf_defaults
 from mtseg.inference import segment_volume
@@ -203,8 +203,8 @@ class Segmenter:
         self.spacings = {t: loaded.meta["preprocessing"][t]["spacing"] for t in self.space.tasks}
         # how much of a training image each task's foreground filled (absent from older checkpoints)
         self.expected = dict(loaded.meta.get("foreground_fraction") or {})
-        # how much of a training image's stored intensities lay below the task's threshold (likewise)
-        self.trained_below = dict(loaded.meta.get("below_threshold_fraction") or {})
+        # the range of the share of a training image's stored intensities below 0 (likewise)
+        self.negative_ranges = {t: tuple(r) for t, r in (loaded.meta.get("negative_fraction_range") or {}).items()}
         self.thresholds = {t: threshold_for(loaded, t) for t in self.space.tasks if thresholded(t)}
 
     @classmethod
@@ -309,8 +309,9 @@ class Segmenter:
                 raise self._nothing_above_threshold(image, tasks)
             log.info("No voxel above the threshold of %s's preprocessing (%g): skipped", tasks[0], config["threshold"])
             return None
-        trained = [self.trained_below[t] for t in tasks if t in self.trained_below]
-        agreement = intensity_agreement(below_threshold_fraction(image.data, float(config["threshold"])), max(trained) if trained else None)
+        ranges = [self.negative_ranges[t] for t in tasks if t in self.negative_ranges]
+        trained = (min(r[0] for r in ranges), max(r[1] for r in ranges)) if ranges else None
+        agreement = intensity_agreement(negative_fraction(image.data), trained)
         volume = TriplanarVolume(prepared[IMAGE].data[0], self.net.depth, float(self.loaded.meta["pad_value"]))
         log.info("Segmenting at %s mm (%s preprocessing), %d x %d x %d voxels",
                  spacing if isinstance(spacing, str) else f"{spacing:.3g}", tasks[0], *volume.shape)

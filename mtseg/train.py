@@ -186,7 +186,7 @@ def train(cfg: DictConfig) -> dict:
     datamodule.prepare_data()
     datamodule.setup("fit")  # bad data fails here, before any training step
     module.foreground_fraction = datamodule.foreground_fraction()  # stored with checkpoints, for predict
-    module.below_threshold_fraction = datamodule.below_threshold_fraction()
+    module.negative_fraction_range = datamodule.negative_fraction_range()
     baseline = intensity_baseline_dice(datamodule)
 
     per_minibatch = module.steps_per_task_minibatch  # T steps (patch mode) or 1 (dense mode) per mini-batch per task

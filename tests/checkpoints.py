@@ -12,11 +12,11 @@ CT = {"spacing": 0.9, "threshold": -1024.0, "intensity": [
 PREPROCESSING = {"brain": MRI, "breast": {**MRI, "spacing": 1.3}, "cta": CT}
 
 
-def write_checkpoint(path, tasks, bias=None, weight_scale=1.0, thresholds=None, seed=0, below_threshold=None):
+def write_checkpoint(path, tasks, bias=None, weight_scale=1.0, thresholds=None, seed=0, negative_range=None):
     """A depth-3 network whose last layer's weights are scaled by ``weight_scale`` and whose
     bias is ``bias`` ({output channel: value}, 0 elsewhere); eval-mode outputs are then
-    dominated by the channels given a large bias. ``below_threshold``: the training statistic
-    of predict's intensity agreement ({task: fraction}; absent, as in older checkpoints, if None)."""
+    dominated by the channels given a large bias. ``negative_range``: the training statistic
+    of predict's intensity agreement ({task: (smallest, largest) share of intensities below 0})."""
     torch.manual_seed(seed)
     module = MultiTaskSegmentationModule(
         list(tasks), model={"depth": 3, "width": 4, "fc_width": 8},
@@ -29,7 +29,7 @@ def write_checkpoint(path, tasks, bias=None, weight_scale=1.0, thresholds=None, 
         for channel, value in (bias or {}).items():
             last.bias[channel] = value
     checkpoint = {"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams), "global_step": 0}
-    module.below_threshold_fraction = dict(below_threshold or {})
+    module.negative_fraction_range = {t: list(r) for t, r in (negative_range or {}).items()}
     module.on_save_checkpoint(checkpoint)
     checkpoint[CHECKPOINT_KEY]["thresholds"] = dict(thresholds or {})
     torch.save(checkpoint, path)

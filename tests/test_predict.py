@@ -191,14 +191,17 @@ def test_recognition_weighs_dominance_by_a_plausible_foreground_fraction():
 def test_intensity_agreement_tells_a_ct_in_hounsfield_units_from_an_mr():
     from mtseg.recognition import Pass, intensity_agreement
 
-    assert intensity_agreement(0.67, 0.0) == pytest.approx(0.33)  # a CTA read as MRI: 2/3 of its HU below 0
-    assert intensity_agreement(0.0, 0.26) == 1.0  # an MR read as CT: nothing below -1024 HU
-    assert intensity_agreement(0.5, 0.26) == pytest.approx(0.5 / 0.74)  # more out-of-field padding than in training
+    mr, ct = (0.0, 0.0), (0.66, 0.68)  # training ranges of the share of intensities below 0
+    assert intensity_agreement(0.67, mr) == pytest.approx(0.33)  # a CTA read as MRI
+    assert intensity_agreement(0.0, ct) == 0.0  # an MR read as CT
+    assert intensity_agreement(0.67, ct) == intensity_agreement(0.0, mr) == 1.0
+    assert intensity_agreement(0.33, ct) == pytest.approx(0.5)  # a CT with half the training CTAs' air
+    assert intensity_agreement(0.84, ct) == pytest.approx(0.5)  # or far more
     assert intensity_agreement(0.9, None) == 1.0  # a checkpoint without the statistic: no check
     # the oblique, thick-sliced CTA of the README: its MRI pass called it brain (dominance 1.00,
     # plausibility 0.90) above its CT pass (0.91 x 0.62); the MRI pass's intensity agreement decides
     expected = {"brain": 0.5, "cta": 0.003}
-    as_mri = Pass(("brain",), 1.0, np.eye(4), torch.zeros(1), {}, {"brain": 4500, "cta": 0}, 10000, intensity_agreement(0.67, 0.0))
+    as_mri = Pass(("brain",), 1.0, np.eye(4), torch.zeros(1), {}, {"brain": 4500, "cta": 0}, 10000, intensity_agreement(0.67, mr))
     as_ct = Pass(("cta",), 1.0, np.eye(4), torch.zeros(1), {}, {"brain": 3, "cta": 31}, 10000, 1.0)
     assert as_mri.recognise(expected) == ("brain", 1.0, pytest.approx(0.9))
     assert as_ct.recognise(expected)[:2] == ("cta", pytest.approx(31 / 34))
@@ -206,26 +209,32 @@ def test_intensity_agreement_tells_a_ct_in_hounsfield_units_from_an_mr():
     assert as_mri.counts_only().intensity_agreement == as_mri.intensity_agreement
 
 
-def test_an_image_in_hounsfield_units_segmented_as_mr_is_low_confidence(tmp_path, capsys):
+def test_an_image_segmented_with_the_other_modalitys_preprocessing_is_low_confidence(tmp_path, capsys):
     # a brain + CTA network that calls every voxel white matter, trained on MR without negative
-    # intensities and CTAs with 25 % out-of-field padding; the input is a CT in HU, pinned to brain
-    network = write_checkpoint(tmp_path / "net.ckpt", ["brain", "cta"], bias={WHITE_MATTER: 20.0}, below_threshold={"brain": 0.0, "cta": 0.25})
+    # intensities and on CTAs with 50-90 % of their voxels below 0 HU
+    network = write_checkpoint(tmp_path / "net.ckpt", ["brain", "cta"], bias={WHITE_MATTER: 20.0}, negative_range={"brain": (0.0, 0.0), "cta": (0.5, 0.9)})
     ct = np.full((20, 20, 12), -1000.0, np.float32)  # air
     ct[5:15, 5:15, 2:10] = 40.0  # soft tissue: 800 of 4,800 voxels at or above 0 HU
     nib.save(nib.Nifti1Image(ct, np.diag([0.9, 0.9, 0.9, 1.0])), tmp_path / "ct.nii.gz")
-    args = ["--checkpoint", str(network), "--input", str(tmp_path / "ct.nii.gz")]
-    assert main([*args, "--output", str(tmp_path / "brain.nii.gz"), "--task", "brain"]) == 0
-    report = json.loads((tmp_path / "brain.json").read_text())
-    assert report["intensity_agreement"] == pytest.approx(800 / 4800, abs=1e-6)
-    assert report["dominance"] == 1.0 and report["low_confidence"]
+    mr = oblique_anisotropic_image(tmp_path / "mr.nii.gz")  # intensities 10-100
+    args = ["--checkpoint", str(network), "--input"]
+
+    def report(image, name, *extra):
+        assert main([*args, str(image), "--output", str(tmp_path / f"{name}.nii.gz"), *extra]) == 0
+        return json.loads((tmp_path / f"{name}.json").read_text())
+
+    as_brain = report(tmp_path / "ct.nii.gz", "ct_as_brain", "--task", "brain")
+    assert as_brain["intensity_agreement"] == pytest.approx(800 / 4800, abs=1e-6)
+    assert as_brain["dominance"] == 1.0 and as_brain["low_confidence"]
     out = capsys.readouterr().out
     assert "intensity agreement 0.17" in out and "WARNING: low confidence" in out
-    # read as the CTA it is, the same image agrees fully (nothing below -1024 HU)
-    assert main([*args, "--output", str(tmp_path / "cta.nii.gz"), "--task", "cta"]) == 0
-    assert json.loads((tmp_path / "cta.json").read_text())["intensity_agreement"] == 1.0
+    as_cta = report(mr, "mr_as_cta", "--task", "cta")  # no negative intensity at all
+    assert as_cta["intensity_agreement"] == 0.0 and as_cta["low_confidence"]
+    # each read with its own modality's preprocessing, they agree fully
+    assert report(tmp_path / "ct.nii.gz", "ct_as_cta", "--task", "cta")["intensity_agreement"] == 1.0
+    assert report(mr, "mr_as_brain", "--task", "brain")["intensity_agreement"] == 1.0
     # and the recognition passes report theirs
-    assert main([*args, "--output", str(tmp_path / "found.nii.gz")]) == 0
-    passes = json.loads((tmp_path / "found.json").read_text())["recognition_passes"]
+    passes = report(tmp_path / "ct.nii.gz", "found")["recognition_passes"]
     assert {p["preprocessing_of"][0]: p["intensity_agreement"] for p in passes} == {"brain": pytest.approx(800 / 4800, abs=1e-6), "cta": 1.0}
 
 

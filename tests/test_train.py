@@ -104,10 +104,11 @@ def test_train_writes_the_run_directory(tiny_run):
     assert loaded.meta["data"]["brain"]["n_test"] == 2
     # how much of a training image each task's foreground fills (predict's plausibility check)
     assert 0 < meta["foreground_fraction"]["cta"] < 0.05 < meta["foreground_fraction"]["brain"] < 1
-    # how much of a training image lies strictly below its threshold (predict's intensity agreement):
-    # no MR magnitude is below 0; a CTA's out-of-field padding (-2048 HU) is below -1024 HU
-    assert meta["below_threshold_fraction"]["brain"] == meta["below_threshold_fraction"]["breast"] == 0.0
-    assert 0.1 < meta["below_threshold_fraction"]["cta"] < 0.5
+    # the range of a training image's share of intensities below 0 (predict's intensity agreement):
+    # no MR magnitude is negative; air, lungs, fat and the out-of-field padding of a CTA are
+    assert meta["negative_fraction_range"]["brain"] == meta["negative_fraction_range"]["breast"] == [0.0, 0.0]
+    low, high = meta["negative_fraction_range"]["cta"]
+    assert 0.5 < low <= high < 0.8
     # the PR operating points of the evaluation before the save
     assert meta["thresholds"] == {t: tasks[t]["threshold"] for t in ("breast", "cta")}
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["last.ckpt", "step0000006.ckpt", "step0000012.ckpt"]

@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 from mtseg.data.augmentation import TrainingAugmentation
 from mtseg.data.check import check_subjects
 from mtseg.data.cube_sampling import ClassBalancedCubeSampler, TaskBalancedCubes, cube_target_luts
-from mtseg.data.preprocessing import IMAGE, LABEL, SAMPLING_MASK, below_threshold_fraction, build_preprocessing
+from mtseg.data.preprocessing import IMAGE, LABEL, SAMPLING_MASK, build_preprocessing, negative_fraction
 from mtseg.data.sampling import (
     CLASS_INDEX,
     CLASS_QUOTA,
@@ -258,8 +258,8 @@ class MultiTaskDataModule(L.LightningDataModule):
                 if int(self.training[knob]) < 1:
                     raise ValueError(f"training.{knob} must be positive, got {self.training[knob]}")
         self.subjects: dict[str, dict[str, list[tio.Subject]]] = {}
-        #: Per task, the largest fraction of a training image's stored intensities below the task's threshold (``setup``).
-        self.below_threshold: dict[str, float] = {}
+        #: Per task, the smallest and largest fraction of a training image's stored intensities below 0 (``setup``).
+        self.negative_fractions: dict[str, tuple[float, float]] = {}
         #: Every training volume, on the training device once a mini-batch has been gathered there (``setup``).
         self.training_volumes: TrainingVolumes | None = None
 
@@ -317,7 +317,8 @@ class MultiTaskDataModule(L.LightningDataModule):
             cfg = self.sources[task]["preprocessing"]
             preprocessing = build_preprocessing(cfg["spacing"], cfg["threshold"], list(cfg.get("intensity", [])))
             if not held_out_only:  # the stored intensities, before preprocessing (for predict's recognition)
-                self.below_threshold[task] = max(below_threshold_fraction(s[IMAGE].data, float(cfg["threshold"])) for s in splits["train"])
+                fractions = [negative_fraction(s[IMAGE].data) for s in splits["train"]]
+                self.negative_fractions[task] = (min(fractions), max(fractions))
             # training images: the original and data.<task>.augmentation.copies augmented copies
             augmentation = TrainingAugmentation.from_config(self.sources[task].get("augmentation"), self.seed, task)
             self.subjects[task] = {
@@ -407,10 +408,10 @@ class MultiTaskDataModule(L.LightningDataModule):
             for task in self.tasks
         }
 
-    def below_threshold_fraction(self) -> dict[str, float]:
-        """Per task, the largest fraction of a training image's stored intensities strictly below the
-        task's threshold (none for MR magnitudes; a CT's out-of-field padding): stored with checkpoints."""
-        return dict(self.below_threshold)
+    def negative_fraction_range(self) -> dict[str, list[float]]:
+        """Per task, the smallest and largest fraction of a training image's stored intensities below 0
+        (none for MR magnitudes; about two thirds for a chest CT in HU): stored with checkpoints."""
+        return {task: list(span) for task, span in self.negative_fractions.items()}
 
     def held_out_images(self, limit: int | None = None) -> list[HeldOutImage]:
         """The first ``limit`` (all if ``None``) preprocessed held-out images of every task."""

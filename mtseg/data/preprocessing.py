@@ -56,14 +56,15 @@ class SamplingMask(tio.Transform):
         return subject
 
 
-def below_threshold_fraction(image: torch.Tensor, threshold: float) -> float:
-    """The fraction of ``image``'s voxels whose stored intensity is strictly below ``threshold``.
+def negative_fraction(image: torch.Tensor) -> float:
+    """The fraction of ``image``'s voxels whose stored intensity is below 0.
 
-    MR magnitude images have none below the MRI threshold (0), while a CT in Hounsfield units
-    has its air, lungs and fat there: recognition (:mod:`mtseg.recognition`) compares an
-    input's fraction with the training images' to tell an MR from a CT.
+    MR magnitude images have none, while about two thirds of a chest CT in Hounsfield units are
+    less dense than water (air, lungs, fat): recognition (:mod:`mtseg.recognition`) compares an
+    input's fraction with the range of its training images' to tell an MR from a CT, whatever
+    the MR's intensity scale.
     """
-    return float((image < threshold).sum()) / max(1, image.numel())
+    return float((image < 0).sum()) / max(1, image.numel())
 
 
 #: Spacing rule: isotropic at each image's finest spacing (its in-plane spacing).
