@@ -119,6 +119,14 @@ def _check_meta(meta: Any, path: Path) -> None:
         fail(f"has pad_value {meta['pad_value']!r}")
     if meta.get("data") is not None:
         check_targets(meta["data"], f"{path} (stored data config)")
+    ranges = meta.get("negative_fraction_range")  # absent from older checkpoints
+    if ranges is not None:
+        if not isinstance(ranges, dict):
+            fail(f"has negative_fraction_range {ranges!r}, not a mapping of tasks")
+        for task, span in ranges.items():
+            if not (isinstance(span, (list, tuple)) and len(span) == 2 and all(isinstance(v, (int, float)) for v in span)
+                    and 0 <= span[0] <= span[1] <= 1):
+                fail(f"has negative_fraction_range {span!r} for task {task!r}, not [smallest, largest] fractions")
 
 
 @dataclass

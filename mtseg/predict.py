@@ -53,7 +53,7 @@ def parser() -> argparse.ArgumentParser:
                    help=f"refuse inputs and working grids of more voxels (default: {ImageLimits.load().max_voxels:,d}, conf/limits.yaml)")
     for name, help_text in [("min-dominance", "share of foreground voxels in one task"),
                             ("min-plausibility", "agreement of the task's foreground fraction with its training images"),
-                            ("min-intensity-agreement", "fit of the image's share of negative intensities to the training images' range"),
+                            ("min-intensity-agreement", "fit of the image's share of clearly negative intensities to the training images' range"),
                             ("min-foreground-percent", "foreground percentage of the image")]:
         p.add_argument(f"--{name}", type=float, default=defaults[name.replace("-", "_")],
                        help=f"below this {help_text}, report low confidence (default: %(default)s)")

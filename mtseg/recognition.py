@@ -9,10 +9,10 @@ candidate; its *dominance* is that share and its *plausibility* how well the fra
 voxels it labels matches the task's training images (``min(r, 1/r)``; a brain MR read as CT
 may be "all coronary artery" with dominance 1 but 70 times the coronary fraction of a CTA).
 Each pass also has an *intensity agreement* (:func:`intensity_agreement`): whether the share
-of the input's stored intensities below 0 lies in the range of the training images of the
-pass's tasks. MR magnitudes are never negative, while two thirds of a CTA in Hounsfield units
-are (air, lungs, fat), so a CTA read as MRI scores about 0.33, and an MR read as CT 0, however
-the network labels them. The recognised task is the candidate with the highest
+of the input's stored intensities clearly below 0 lies in the range of the training images of
+the pass's tasks. MR magnitudes are never negative, while two thirds of a CTA in Hounsfield
+units are (air, lungs, fat), so a CTA read as MRI, or an MR read as CT, scores about 0.015
+however the network labels it. The recognised task is the candidate with the highest
 dominance × plausibility × intensity agreement.
 """
 
@@ -91,18 +91,21 @@ class Pass:
         }
 
 
+#: Added to both shares before their ratio: one per cent of the voxels is the resolution of the comparison.
+AGREEMENT_FLOOR = 0.01
+
+
 def intensity_agreement(negative: float, trained: tuple[float, float] | None) -> float:
-    """How well an image's share ``negative`` of stored intensities below 0 fits the range ``trained``
-    (smallest, largest) of the training images': 1 inside it, ``negative / smallest`` below it,
-    ``(1 - negative) / (1 - largest)`` above it (1 when the range is unknown: older checkpoints)."""
+    """How well an image's share ``negative`` of stored intensities clearly below 0
+    (:func:`~mtseg.data.preprocessing.negative_fraction`) fits the range ``trained`` (smallest,
+    largest) of the training images': 1 inside it, else ``min(r, 1/r)`` for the ratio ``r`` of
+    ``negative`` and the nearer end of the range, each plus :data:`AGREEMENT_FLOOR` (1 when the
+    range is unknown: older checkpoints)."""
     if trained is None:
         return 1.0
-    low, high = trained
-    if negative < low:
-        return negative / low
-    if negative > high:
-        return (1.0 - negative) / (1.0 - high)
-    return 1.0
+    nearest = min(max(negative, trained[0]), trained[1])
+    ratio = (negative + AGREEMENT_FLOOR) / (nearest + AGREEMENT_FLOOR)
+    return min(ratio, 1.0 / ratio)
 
 
 def preprocessing_key(config: dict) -> str:

@@ -240,10 +240,11 @@ class Segmenter:
         # kept: every channel for the probability maps, else the foreground of each thresholded task
         channels = None if probabilities else [self.space.task_classes(t)[1] for t in self.space.tasks if thresholded(t)]
         thresholds = {t: v for t, (v, _) in self.thresholds.items() if v is not None}
+        negative = negative_fraction(image.data)  # for each pass's intensity agreement
         if task is None:
-            final, task, recognised, dominance, plausibility, passes = self._recognise(image, channels, thresholds)
+            final, task, recognised, dominance, plausibility, passes = self._recognise(image, channels, thresholds, negative)
         else:
-            final = self._pass(image, (task,), self.spacings[task], channels, thresholds, required=True)
+            final = self._pass(image, (task,), self.spacings[task], channels, thresholds, negative, required=True)
             found, dominance, plausibility = final.recognise(self.expected)
             recognised, passes = False, []
             if found != task:
@@ -252,16 +253,19 @@ class Segmenter:
         channel = self.space.task_classes(task)[1]
         local = task_labels(self.space, task, final.labels, final.probabilities.get(channel), threshold)
         labels = to_input_grid(local, final.affine, image, label=True)
-        report = self._report(image, task, given, recognised, dominance, plausibility, final, threshold, source, labels, passes)
+        agreement = intensity_agreement(negative, self.negative_ranges.get(task))  # with the task's own training images
+        report = self._report(image, task, given, recognised, dominance, plausibility, agreement, final, threshold, source, labels, passes)
         inputs = {**({"input image": Path(image.path)} if image.path is not None else {}), **self.inputs}
         return Segmentation(image, labels, task, report, self.space.class_names, final, inputs)
 
-    def _recognise(self, image, channels, thresholds):
+    def _recognise(self, image, channels, thresholds, negative: float):
         groups: dict[str, list[str]] = {}
         for t in self.space.tasks:
             groups.setdefault(preprocessing_key(self.loaded.meta["preprocessing"][t]), []).append(t)
         spacing = working_spacing(image, list(self.spacings.values()))
-        candidates = [p for tasks in groups.values() if (p := self._pass(image, tuple(tasks), spacing, channels, thresholds)) is not None]
+        candidates = [
+            p for tasks in groups.values() if (p := self._pass(image, tuple(tasks), spacing, channels, thresholds, negative)) is not None
+        ]
         if not candidates:
             raise self._nothing_above_threshold(image, self.space.tasks)
         index = max(range(len(candidates)), key=lambda i: (candidates[i].score(self.expected), candidates[i].foreground))
@@ -274,7 +278,7 @@ class Segmenter:
         # segmented again with the task's own preprocessing when the pass used another spacing
         # or another task's intensity preprocessing
         if task not in best.tasks or abs(target - spacing) > 0.01 * target:
-            final = self._pass(image, (task,), self.spacings[task], channels, thresholds, required=True)
+            final = self._pass(image, (task,), self.spacings[task], channels, thresholds, negative, required=True)
             found, final_dominance, final_plausibility = final.recognise(self.expected)
             if found == task:
                 dominance, plausibility = final_dominance, final_plausibility
@@ -287,8 +291,9 @@ class Segmenter:
             f"(intensities {float(image.data.min()):g} .. {float(image.data.max()):g}; thresholds: {thresholds}): nothing to segment"
         )
 
-    def _pass(self, image, tasks: tuple[str, ...], spacing, channels, thresholds, required: bool = False) -> Pass | None:
-        """Preprocess ``image`` as ``tasks[0]`` was in training, at ``spacing``, and segment it densely.
+    def _pass(self, image, tasks: tuple[str, ...], spacing, channels, thresholds, negative: float, required: bool = False) -> Pass | None:
+        """Preprocess ``image`` as ``tasks[0]`` was in training, at ``spacing``, and segment it densely;
+        ``negative`` is the image's share of intensities clearly below 0 (for the intensity agreement).
 
         ``None`` when no voxel is above the task's threshold (an error if ``required``).
         """
@@ -311,7 +316,7 @@ class Segmenter:
             return None
         ranges = [self.negative_ranges[t] for t in tasks if t in self.negative_ranges]
         trained = (min(r[0] for r in ranges), max(r[1] for r in ranges)) if ranges else None
-        agreement = intensity_agreement(negative_fraction(image.data), trained)
+        agreement = intensity_agreement(negative, trained)
         volume = TriplanarVolume(prepared[IMAGE].data[0], self.net.depth, float(self.loaded.meta["pad_value"]))
         log.info("Segmenting at %s mm (%s preprocessing), %d x %d x %d voxels",
                  spacing if isinstance(spacing, str) else f"{spacing:.3g}", tasks[0], *volume.shape)
@@ -326,7 +331,7 @@ class Segmenter:
                 per_task[t] = int((kept[channel] >= threshold).sum())
         return Pass(tasks, spacing, prepared[IMAGE].affine, segmentation.labels, kept, per_task, segmentation.labels.numel(), agreement)
 
-    def _report(self, image, task, given, recognised, dominance, plausibility, final: Pass, threshold, source, labels, passes) -> dict:
+    def _report(self, image, task, given, recognised, dominance, plausibility, agreement, final: Pass, threshold, source, labels, passes) -> dict:
         spec = TASKS[task]
         foreground_percent = 100.0 * final.foreground / final.labels.numel()
         s = self.settings
@@ -340,11 +345,11 @@ class Segmenter:
             "recognised": recognised,
             "dominance": round(dominance, 6),
             "plausibility": round(plausibility, 6),
-            "intensity_agreement": round(final.intensity_agreement, 6),
+            "intensity_agreement": round(agreement, 6),
             "training_foreground_percent": None if task not in self.expected else round(100 * self.expected[task], 6),
             "foreground_percent": round(foreground_percent, 6),
             "low_confidence": dominance < s["min_dominance"] or foreground_percent < s["min_foreground_percent"]
-            or plausibility < s["min_plausibility"] or final.intensity_agreement < s["min_intensity_agreement"],
+            or plausibility < s["min_plausibility"] or agreement < s["min_intensity_agreement"],
             "working_spacing_mm": resolved_spacing(final.spacing, image),
             "preprocessing_of": final.tasks[0],
             "threshold": threshold,

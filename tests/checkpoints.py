@@ -16,7 +16,8 @@ def write_checkpoint(path, tasks, bias=None, weight_scale=1.0, thresholds=None, 
     """A depth-3 network whose last layer's weights are scaled by ``weight_scale`` and whose
     bias is ``bias`` ({output channel: value}, 0 elsewhere); eval-mode outputs are then
     dominated by the channels given a large bias. ``negative_range``: the training statistic
-    of predict's intensity agreement ({task: (smallest, largest) share of intensities below 0})."""
+    of predict's intensity agreement ({task: (smallest, largest) share of intensities clearly below 0});
+    without it the checkpoint lacks the entry, as those written before it existed do."""
     torch.manual_seed(seed)
     module = MultiTaskSegmentationModule(
         list(tasks), model={"depth": 3, "width": 4, "fc_width": 8},
@@ -31,6 +32,8 @@ def write_checkpoint(path, tasks, bias=None, weight_scale=1.0, thresholds=None, 
     checkpoint = {"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams), "global_step": 0}
     module.negative_fraction_range = {t: list(r) for t, r in (negative_range or {}).items()}
     module.on_save_checkpoint(checkpoint)
+    if negative_range is None:
+        del checkpoint[CHECKPOINT_KEY]["negative_fraction_range"]
     checkpoint[CHECKPOINT_KEY]["thresholds"] = dict(thresholds or {})
     torch.save(checkpoint, path)
     return path

@@ -123,8 +123,11 @@ def test_a_stored_data_config_cannot_create_files_in_evaluate(tmp_path, network)
         (lambda c: c["state_dict"].pop("net.head.8.bias"), "weights do not fit the network"),
         (lambda c: c["hyper_parameters"]["model"].__setitem__("width", 16), "weights do not fit the network"),
         (lambda c: c.__setitem__("hyper_parameters", None), "stores no hyper_parameters"),
+        (lambda c: c["mtseg"].__setitem__("negative_fraction_range", {"brain": [0.9, 0.1]}), "negative_fraction_range [0.9, 0.1] for task 'brain'"),
+        (lambda c: c["mtseg"].__setitem__("negative_fraction_range", [0.0, 0.5]), "negative_fraction_range [0.0, 0.5], not a mapping"),
     ],
-    ids=["empty-entry", "entry-not-a-mapping", "missing-preprocessing", "unknown-task", "missing-weight", "wrong-shape", "no-hparams"],
+    ids=["empty-entry", "entry-not-a-mapping", "missing-preprocessing", "unknown-task", "missing-weight", "wrong-shape", "no-hparams",
+         "reversed-negative-range", "negative-range-not-a-mapping"],
 )
 def test_a_damaged_checkpoint_is_a_clear_error(tmp_path, network, scan, capsys, edit, message):
     with_meta(network, edit)

@@ -188,54 +188,104 @@ def test_recognition_weighs_dominance_by_a_plausible_foreground_fraction():
     assert ct.recognise({})[2] == 1.0  # without training statistics, dominance alone
 
 
+def test_negative_fraction_counts_air_lungs_and_fat_not_an_mrs_resampling_ringing():
+    from mtseg.data.preprocessing import negative_fraction
+
+    rng = np.random.default_rng(0)
+    mr = torch.from_numpy(rng.uniform(0, 1000, (20, 20, 20)).astype(np.float32))
+    mr[:, :, :10] = torch.from_numpy(rng.normal(0, 5, (20, 20, 10)).astype(np.float32))  # background: half below 0
+    assert (mr < 0).float().mean() > 0.2 and negative_fraction(mr) == 0.0
+    ct = torch.full((20, 20, 20), -1000.0)  # air
+    ct[:, :, 5:] = 40.0  # soft tissue
+    ct[:, :, 5:10] = -100.0  # fat
+    assert negative_fraction(ct) == pytest.approx(0.5)
+    assert negative_fraction(ct + 1024) == 0.0  # CT stored as HU + 1024 has no negative values
+
+
 def test_intensity_agreement_tells_a_ct_in_hounsfield_units_from_an_mr():
     from mtseg.recognition import Pass, intensity_agreement
 
-    mr, ct = (0.0, 0.0), (0.66, 0.68)  # training ranges of the share of intensities below 0
-    assert intensity_agreement(0.67, mr) == pytest.approx(0.33)  # a CTA read as MRI
-    assert intensity_agreement(0.0, ct) == 0.0  # an MR read as CT
+    mr, ct = (0.0, 0.0), (0.66, 0.68)  # training ranges of the share of intensities clearly below 0
+    assert intensity_agreement(0.67, mr) == pytest.approx(0.01 / 0.68)  # a CTA read as MRI
+    assert intensity_agreement(0.0, ct) == pytest.approx(0.01 / 0.67)  # an MR read as CT
     assert intensity_agreement(0.67, ct) == intensity_agreement(0.0, mr) == 1.0
-    assert intensity_agreement(0.33, ct) == pytest.approx(0.5)  # a CT with half the training CTAs' air
-    assert intensity_agreement(0.84, ct) == pytest.approx(0.5)  # or far more
+    assert intensity_agreement(0.33, ct) == pytest.approx(0.34 / 0.67)  # a CT with half the training CTAs' air
+    assert intensity_agreement(0.84, ct) == pytest.approx(0.69 / 0.85)  # or more
+    assert intensity_agreement(0.005, mr) == pytest.approx(0.01 / 0.015)  # an MR with a little
     assert intensity_agreement(0.9, None) == 1.0  # a checkpoint without the statistic: no check
-    # the oblique, thick-sliced CTA of the README: its MRI pass called it brain (dominance 1.00,
-    # plausibility 0.90) above its CT pass (0.91 x 0.62); the MRI pass's intensity agreement decides
+    # the oblique, thick-sliced CTA of the README's previous demo: its MRI pass called it brain
+    # (dominance 1.00, plausibility 0.90) above its CT pass (0.91 x 0.62); half its voxels are air or fat
     expected = {"brain": 0.5, "cta": 0.003}
-    as_mri = Pass(("brain",), 1.0, np.eye(4), torch.zeros(1), {}, {"brain": 4500, "cta": 0}, 10000, intensity_agreement(0.67, mr))
-    as_ct = Pass(("cta",), 1.0, np.eye(4), torch.zeros(1), {}, {"brain": 3, "cta": 31}, 10000, 1.0)
+    as_mri = Pass(("brain",), 1.0, np.eye(4), torch.zeros(1), {}, {"brain": 4500, "cta": 0}, 10000, intensity_agreement(0.5, mr))
+    as_ct = Pass(("cta",), 1.0, np.eye(4), torch.zeros(1), {}, {"brain": 3, "cta": 31}, 10000, intensity_agreement(0.5, ct))
     assert as_mri.recognise(expected) == ("brain", 1.0, pytest.approx(0.9))
     assert as_ct.recognise(expected)[:2] == ("cta", pytest.approx(31 / 34))
-    assert as_ct.score(expected) > as_mri.score(expected) == pytest.approx(0.9 * 0.33)
+    assert as_ct.score(expected) > 0.4 > 0.02 > as_mri.score(expected) == pytest.approx(0.9 * 0.01 / 0.51)
     assert as_mri.counts_only().intensity_agreement == as_mri.intensity_agreement
+
+
+def ct_scan(path):
+    ct = np.full((20, 20, 12), -1000.0, np.float32)  # air
+    ct[5:15, 5:15, 2:10] = 40.0  # soft tissue: 800 of 4,800 voxels at or above 0 HU
+    nib.save(nib.Nifti1Image(ct, np.diag([0.9, 0.9, 0.9, 1.0])), path)
+    return path
 
 
 def test_an_image_segmented_with_the_other_modalitys_preprocessing_is_low_confidence(tmp_path, capsys):
     # a brain + CTA network that calls every voxel white matter, trained on MR without negative
-    # intensities and on CTAs with 50-90 % of their voxels below 0 HU
+    # intensities and on CTAs with 50-90 % of their voxels clearly below 0 HU
     network = write_checkpoint(tmp_path / "net.ckpt", ["brain", "cta"], bias={WHITE_MATTER: 20.0}, negative_range={"brain": (0.0, 0.0), "cta": (0.5, 0.9)})
-    ct = np.full((20, 20, 12), -1000.0, np.float32)  # air
-    ct[5:15, 5:15, 2:10] = 40.0  # soft tissue: 800 of 4,800 voxels at or above 0 HU
-    nib.save(nib.Nifti1Image(ct, np.diag([0.9, 0.9, 0.9, 1.0])), tmp_path / "ct.nii.gz")
-    mr = oblique_anisotropic_image(tmp_path / "mr.nii.gz")  # intensities 10-100
-    args = ["--checkpoint", str(network), "--input"]
+    ct, mr = ct_scan(tmp_path / "ct.nii.gz"), oblique_anisotropic_image(tmp_path / "mr.nii.gz")  # MR intensities 10-100
 
     def report(image, name, *extra):
-        assert main([*args, str(image), "--output", str(tmp_path / f"{name}.nii.gz"), *extra]) == 0
+        assert main(["--checkpoint", str(network), "--input", str(image), "--output", str(tmp_path / f"{name}.nii.gz"), *extra]) == 0
         return json.loads((tmp_path / f"{name}.json").read_text())
 
-    as_brain = report(tmp_path / "ct.nii.gz", "ct_as_brain", "--task", "brain")
-    assert as_brain["intensity_agreement"] == pytest.approx(800 / 4800, abs=1e-6)
+    as_brain = report(ct, "ct_as_brain", "--task", "brain")
+    assert as_brain["intensity_agreement"] == pytest.approx(0.01 / (4000 / 4800 + 0.01), abs=1e-6)
     assert as_brain["dominance"] == 1.0 and as_brain["low_confidence"]
     out = capsys.readouterr().out
-    assert "intensity agreement 0.17" in out and "WARNING: low confidence" in out
+    assert "intensity agreement 0.01" in out and "WARNING: low confidence" in out
+    assert not report(ct, "ct_as_brain_lenient", "--task", "brain", "--min-intensity-agreement", "0.01")["low_confidence"]
     as_cta = report(mr, "mr_as_cta", "--task", "cta")  # no negative intensity at all
-    assert as_cta["intensity_agreement"] == 0.0 and as_cta["low_confidence"]
+    assert as_cta["intensity_agreement"] == pytest.approx(0.01 / 0.51, abs=1e-6) and as_cta["low_confidence"]
     # each read with its own modality's preprocessing, they agree fully
-    assert report(tmp_path / "ct.nii.gz", "ct_as_cta", "--task", "cta")["intensity_agreement"] == 1.0
+    assert report(ct, "ct_as_cta", "--task", "cta")["intensity_agreement"] == 1.0
     assert report(mr, "mr_as_brain", "--task", "brain")["intensity_agreement"] == 1.0
     # and the recognition passes report theirs
-    passes = report(tmp_path / "ct.nii.gz", "found")["recognition_passes"]
-    assert {p["preprocessing_of"][0]: p["intensity_agreement"] for p in passes} == {"brain": pytest.approx(800 / 4800, abs=1e-6), "cta": 1.0}
+    passes = report(ct, "found")["recognition_passes"]
+    assert {p["preprocessing_of"][0]: p["intensity_agreement"] for p in passes} == {"brain": pytest.approx(0.01 / 0.8433, abs=1e-4), "cta": 1.0}
+
+
+@pytest.mark.parametrize("negative_range, recognised", [(None, "brain"), ({"brain": (0.0, 0.0), "cta": (0.5, 0.9)}, "cta")])
+def test_the_intensity_agreement_decides_between_modalities(tmp_path, monkeypatch, negative_range, recognised):
+    """A network that labels an image brain under MRI preprocessing and coronary artery under CT
+    preprocessing (CT maps soft tissue above 1, MRI never): without the training range the two passes
+    tie and the larger foreground (brain) wins; with it, the CT in HU is recognised as CTA."""
+    import mtseg.segmenter as segmenter
+    from mtseg.inference import Segmentation
+
+    CORONARY = 7  # brain_cta: 0 background, 1-6 brain tissues, 7 coronary arteries
+
+    def by_preprocessing(net, volume, mask, channels, **kwargs):
+        interior = volume.interior
+        labels = torch.zeros(interior.shape, dtype=torch.uint8)
+        if float(interior.max()) > 1.01:  # CT preprocessing: a few coronary voxels
+            labels[(interior > 1.01) & mask] = CORONARY
+            labels.view(-1)[labels.view(-1).nonzero()[100:]] = 0
+        else:
+            labels[mask] = WHITE_MATTER
+        kept = list(channels or [])
+        probabilities = torch.stack([(labels == c).float() for c in kept]) if kept else None
+        return Segmentation(labels, probabilities, tuple(kept))
+
+    monkeypatch.setattr(segmenter, "segment_volume", by_preprocessing)
+    network = write_checkpoint(tmp_path / "net.ckpt", ["brain", "cta"], thresholds={"cta": 0.5}, negative_range=negative_range)
+    result = segmenter.Segmenter.from_checkpoint(network, "cpu").segment(ct_scan(tmp_path / "ct.nii.gz"))
+    passes = {p["preprocessing_of"][0]: p for p in result.recognition["recognition_passes"]}
+    assert passes["brain"]["foreground_voxels_per_task"]["brain"] == 800 and passes["cta"]["foreground_voxels_per_task"]["cta"] == 100
+    assert result.task == recognised and result.recognition["recognised"]
+    assert not result.low_confidence
 
 
 def test_the_python_api_gives_the_command_line_result_voxel_for_voxel(tmp_path, breast_network):

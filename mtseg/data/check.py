@@ -27,7 +27,7 @@ import torchio as tio
 from mtseg.data.label_mapping import LabelMapping, load_scheme
 from mtseg.data.nifti_folder import csv_cases, folder_cases
 from mtseg.data.nnunet import is_nnunet_folder, nnunet_cases, restrict_to_declared
-from mtseg.data.preprocessing import IMAGE, LABEL
+from mtseg.data.preprocessing import IMAGE, LABEL, negative_fraction
 from mtseg.data.sources import subjects_of_cases
 from mtseg.data.split import split_cases
 from mtseg.tasks import BACKGROUND, check_label_range, get_task
@@ -48,6 +48,7 @@ class CaseSummary:
     orientation: str
     intensity_range: tuple[float, float]
     class_voxels: tuple[int, ...]
+    negative_fraction: float = 0.0  # of its voxels clearly below 0 (mtseg.data.preprocessing.negative_fraction)
 
 
 @dataclass
@@ -147,6 +148,7 @@ def check_subject(subject: tio.Subject, split: str, n_classes: int | None) -> Ca
         orientation="".join(nib.aff2axcodes(image.affine)),
         intensity_range=(float(data.min()), float(data.max())),
         class_voxels=tuple(int(c) for c in counts),
+        negative_fraction=negative_fraction(data),
     )
     for img in (image, label):
         if img.path is not None:

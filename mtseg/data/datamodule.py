@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 from mtseg.data.augmentation import TrainingAugmentation
 from mtseg.data.check import check_subjects
 from mtseg.data.cube_sampling import ClassBalancedCubeSampler, TaskBalancedCubes, cube_target_luts
-from mtseg.data.preprocessing import IMAGE, LABEL, SAMPLING_MASK, build_preprocessing, negative_fraction
+from mtseg.data.preprocessing import IMAGE, LABEL, SAMPLING_MASK, build_preprocessing
 from mtseg.data.sampling import (
     CLASS_INDEX,
     CLASS_QUOTA,
@@ -258,7 +258,7 @@ class MultiTaskDataModule(L.LightningDataModule):
                 if int(self.training[knob]) < 1:
                     raise ValueError(f"training.{knob} must be positive, got {self.training[knob]}")
         self.subjects: dict[str, dict[str, list[tio.Subject]]] = {}
-        #: Per task, the smallest and largest fraction of a training image's stored intensities below 0 (``setup``).
+        #: Per task, the smallest and largest fraction of a training image's stored intensities clearly below 0 (``setup``).
         self.negative_fractions: dict[str, tuple[float, float]] = {}
         #: Every training volume, on the training device once a mini-batch has been gathered there (``setup``).
         self.training_volumes: TrainingVolumes | None = None
@@ -308,7 +308,11 @@ class MultiTaskDataModule(L.LightningDataModule):
         if held_out_only:
             raw = {task: {"test": splits.get("test", [])} for task, splits in raw.items()}
         for task, splits in raw.items():  # every file of every task is checked before any preprocessing
-            log.info("%s", check_subjects(splits, task, f"data.{task} ({self.sources[task]['source']})").format())
+            summary = check_subjects(splits, task, f"data.{task} ({self.sources[task]['source']})")
+            log.info("%s", summary.format())
+            fractions = [case.negative_fraction for case in summary.cases if case.split == "train"]
+            if fractions:  # of the stored intensities, before preprocessing (for predict's recognition)
+                self.negative_fractions[task] = (min(fractions), max(fractions))
         for task, splits in raw.items():
             if not held_out_only and not splits.get("train"):
                 raise ValueError(f"task {task!r} has no training images (data.{task}.source={self.sources[task]['source']})")
@@ -316,9 +320,6 @@ class MultiTaskDataModule(L.LightningDataModule):
                 raise ValueError(f"task {task!r} has no held-out images for validation")
             cfg = self.sources[task]["preprocessing"]
             preprocessing = build_preprocessing(cfg["spacing"], cfg["threshold"], list(cfg.get("intensity", [])))
-            if not held_out_only:  # the stored intensities, before preprocessing (for predict's recognition)
-                fractions = [negative_fraction(s[IMAGE].data) for s in splits["train"]]
-                self.negative_fractions[task] = (min(fractions), max(fractions))
             # training images: the original and data.<task>.augmentation.copies augmented copies
             augmentation = TrainingAugmentation.from_config(self.sources[task].get("augmentation"), self.seed, task)
             self.subjects[task] = {
@@ -409,8 +410,9 @@ class MultiTaskDataModule(L.LightningDataModule):
         }
 
     def negative_fraction_range(self) -> dict[str, list[float]]:
-        """Per task, the smallest and largest fraction of a training image's stored intensities below 0
-        (none for MR magnitudes; about two thirds for a chest CT in HU): stored with checkpoints."""
+        """Per task, the smallest and largest fraction of a training image's stored intensities clearly below 0
+        (:func:`~mtseg.data.preprocessing.negative_fraction`; none for MR magnitudes, about two thirds for a
+        chest CT in HU): stored with checkpoints."""
         return {task: list(span) for task, span in self.negative_fractions.items()}
 
     def held_out_images(self, limit: int | None = None) -> list[HeldOutImage]:
