@@ -95,7 +95,8 @@ class MultiTaskSegmentationModule(L.LightningModule):
         self.latest_evaluation: EvaluationResult | None = None
         #: Mean fraction of a training image's voxels that are the task's foreground (set by training).
         self.foreground_fraction: dict[str, float] = {}
-        #: Smallest and largest fraction of a training image's stored intensities below 0 (set by training).
+        #: Smallest and largest fraction of a training image's stored intensities clearly below 0 (set by training;
+        #: :func:`~mtseg.data.preprocessing.negative_fraction`).
         self.negative_fraction_range: dict[str, list[float]] = {}
         #: The W&B run of the training (set by training; a resumed run continues it).
         self.wandb_run_id: str | None = None

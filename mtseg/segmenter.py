@@ -203,7 +203,7 @@ class Segmenter:
         self.spacings = {t: loaded.meta["preprocessing"][t]["spacing"] for t in self.space.tasks}
         # how much of a training image each task's foreground filled (absent from older checkpoints)
         self.expected = dict(loaded.meta.get("foreground_fraction") or {})
-        # the range of the share of a training image's stored intensities below 0 (likewise)
+        # the range of the share of a training image's stored intensities clearly below 0 (likewise)
         self.negative_ranges = {t: tuple(r) for t, r in (loaded.meta.get("negative_fraction_range") or {}).items()}
         self.thresholds = {t: threshold_for(loaded, t) for t in self.space.tasks if thresholded(t)}
 
@@ -315,7 +315,8 @@ class Segmenter:
             log.info("No voxel above the threshold of %s's preprocessing (%g): skipped", tasks[0], config["threshold"])
             return None
         ranges = [self.negative_ranges[t] for t in tasks if t in self.negative_ranges]
-        trained = (min(r[0] for r in ranges), max(r[1] for r in ranges)) if ranges else None
+        # the pass's tasks together (unknown unless each has a range)
+        trained = (min(r[0] for r in ranges), max(r[1] for r in ranges)) if len(ranges) == len(tasks) else None
         agreement = intensity_agreement(negative, trained)
         volume = TriplanarVolume(prepared[IMAGE].data[0], self.net.depth, float(self.loaded.meta["pad_value"]))
         log.info("Segmenting at %s mm (%s preprocessing), %d x %d x %d voxels",

@@ -200,6 +200,11 @@ def test_negative_fraction_counts_air_lungs_and_fat_not_an_mrs_resampling_ringin
     ct[:, :, 5:10] = -100.0  # fat
     assert negative_fraction(ct) == pytest.approx(0.5)
     assert negative_fraction(ct + 1024) == 0.0  # CT stored as HU + 1024 has no negative values
+    assert negative_fraction(ct.to(torch.int16)) == pytest.approx(0.5)  # integer HU as stored
+    assert negative_fraction(torch.full((4, 4, 4), -5.0)) == 1.0
+    big = torch.from_numpy(rng.uniform(-1000, 1000, (150, 150, 150)).astype(np.float32))  # the percentile from a sample
+    exact = float((big < -0.05 * torch.quantile(big.view(-1), 0.995)).float().mean())
+    assert negative_fraction(big) == pytest.approx(exact, abs=1e-3) and 0.4 < exact < 0.5
 
 
 def test_intensity_agreement_tells_a_ct_in_hounsfield_units_from_an_mr():
@@ -245,7 +250,7 @@ def test_an_image_segmented_with_the_other_modalitys_preprocessing_is_low_confid
     assert as_brain["intensity_agreement"] == pytest.approx(0.01 / (4000 / 4800 + 0.01), abs=1e-6)
     assert as_brain["dominance"] == 1.0 and as_brain["low_confidence"]
     out = capsys.readouterr().out
-    assert "intensity agreement 0.01" in out and "WARNING: low confidence" in out
+    assert ", intensity agreement 0.01)" in out and "WARNING: low confidence" in out
     assert not report(ct, "ct_as_brain_lenient", "--task", "brain", "--min-intensity-agreement", "0.01")["low_confidence"]
     as_cta = report(mr, "mr_as_cta", "--task", "cta")  # no negative intensity at all
     assert as_cta["intensity_agreement"] == pytest.approx(0.01 / 0.51, abs=1e-6) and as_cta["low_confidence"]

@@ -104,7 +104,7 @@ def test_train_writes_the_run_directory(tiny_run):
     assert loaded.meta["data"]["brain"]["n_test"] == 2
     # how much of a training image each task's foreground fills (predict's plausibility check)
     assert 0 < meta["foreground_fraction"]["cta"] < 0.05 < meta["foreground_fraction"]["brain"] < 1
-    # the range of a training image's share of intensities below 0 (predict's intensity agreement):
+    # the range of a training image's share of intensities clearly below 0 (predict's intensity agreement):
     # no MR magnitude is negative; air, lungs, fat and the out-of-field padding of a CTA are
     assert meta["negative_fraction_range"]["brain"] == meta["negative_fraction_range"]["breast"] == [0.0, 0.0]
     low, high = meta["negative_fraction_range"]["cta"]
