@@ -98,22 +98,39 @@ def find_runs(paths: Iterable[str | Path]) -> list[RunRecord]:
     return sorted(runs, key=lambda r: (r.number, r.seed, str(r.path)))
 
 
+def minibatch_description(run: RunRecord) -> str:
+    """What one optimiser step of the run held, from its ``summary.json`` ("" when it has none):
+    ``32 cubes of 2³ per task`` (``training=dense``) or ``batch 210`` (``training=patch``)."""
+    summary = run.summary or {}
+    training = summary.get("training") if isinstance(summary.get("training"), dict) else {}
+    if run.training_mode == "dense" and "cubes_per_task" in training and "cube" in training:
+        return f"{training['cubes_per_task']} cubes of {training['cube']}³ per task"
+    if run.training_mode == "patch" and "batch_size" in summary:
+        return f"batch {summary['batch_size']}"
+    return ""
+
+
+MARKERS = "osD^vP*X"
+
+
 def plot_dice_against_seconds(runs: Sequence[RunRecord]) -> plt.Figure:
     """Learning per second: mean whole-image Dice over a run's classes against its training seconds.
 
-    One line per run (labelled with experiment, training mode and seed); the x-axis is the
+    One line per run, labelled with experiment, training mode, what a step held
+    (:func:`minibatch_description`) and seed, each with its own marker; the x-axis is the
     ``train_seconds`` column of ``metrics.csv`` (wall clock of training, evaluations excluded).
     """
     timed = [r for r in runs if "train_seconds" in r.metrics and r.metrics["train_seconds"].notna().any()]
     if not timed:
         raise ValueError("no run records training seconds (metrics.csv has no train_seconds column)")
     figure, ax = plt.subplots(figsize=(6, 4))
-    for run in timed:
+    for i, run in enumerate(timed):
         curve = run.metrics.groupby("step").agg(seconds=("train_seconds", "first"), dice=("dice", "mean")).sort_values("seconds")
+        step = minibatch_description(run)
         ax.plot(
-            curve["seconds"], curve["dice"], marker="o", color=EXPERIMENT_COLOURS[run.experiment],
+            curve["seconds"], curve["dice"], marker=MARKERS[i % len(MARKERS)], color=EXPERIMENT_COLOURS[run.experiment],
             linestyle="-" if run.training_mode == "dense" else ":",
-            label=f"{run.number}: {run.experiment}, training={run.training_mode}, seed {run.seed}",
+            label=f"{run.number}: {run.experiment}, training={run.training_mode}{f' ({step})' if step else ''}, seed {run.seed}",
         )
     ax.set_xlabel("training seconds (evaluations excluded)")
     ax.set_ylabel("mean whole-image Dice over the classes")

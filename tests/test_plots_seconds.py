@@ -25,6 +25,21 @@ def test_each_run_is_one_line_of_its_mean_dice_at_its_training_seconds():
     assert lines["1: brain, training=patch, seed 0"] == ([50.0, 90.0], pytest.approx([0.3, 0.7]))
 
 
+def test_runs_of_one_mode_are_told_apart_by_what_a_step_held():
+    dense, small, paper = _run("dense", [10.0, 30.0]), _run("patch", [50.0, 90.0]), _run("patch", [40.0, 80.0])
+    dense.summary = {"training": {"mode": "dense", "cube": 2, "cubes_per_task": 32}, "batch_size": 210}
+    small.summary, paper.summary = {"training": {"mode": "patch"}, "batch_size": 96}, {"batch_size": 210}
+    (ax,) = plot_dice_against_seconds([dense, small, paper]).axes
+    lines = {line.get_label(): line for line in ax.get_lines()}
+    assert list(lines) == [
+        "1: brain, training=dense (32 cubes of 2³ per task), seed 0",
+        "1: brain, training=patch (batch 96), seed 0",
+        "1: brain, training=patch (batch 210), seed 0",
+    ]
+    assert len({line.get_marker() for line in lines.values()}) == 3
+    assert list(lines["1: brain, training=patch (batch 210), seed 0"].get_xdata()) == [40.0, 80.0]
+
+
 def test_runs_without_training_seconds_are_a_clear_error():
     with pytest.raises(ValueError, match="train_seconds"):
         plot_dice_against_seconds([_run("patch", None)])
