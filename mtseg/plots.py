@@ -1,4 +1,5 @@
-"""The paper's figures from run and sweep directories: Fig. 2 (learning curves) and Fig. 3 (segmentations).
+"""The paper's figures from run and sweep directories: Fig. 2 (learning curves), Fig. 3 (segmentations)
+and mean Dice against training seconds (learning per second).
 
 Shared by ``python -m mtseg.figures`` and the notebooks in ``notebooks/``.
 """
@@ -101,11 +102,14 @@ def find_runs(paths: Iterable[str | Path]) -> list[RunRecord]:
 def minibatch_description(run: RunRecord) -> str:
     """What one optimiser step of the run held, from its ``summary.json`` ("" when it has none):
     ``32 cubes of 2³ per task`` (``training=dense``) or ``batch 210`` (``training=patch``)."""
+    def count(value) -> bool:  # summary.json is a user's file: only whole numbers are printed
+        return isinstance(value, int) and not isinstance(value, bool)
+
     summary = run.summary or {}
     training = summary.get("training") if isinstance(summary.get("training"), dict) else {}
-    if run.training_mode == "dense" and "cubes_per_task" in training and "cube" in training:
+    if run.training_mode == "dense" and count(training.get("cubes_per_task")) and count(training.get("cube")):
         return f"{training['cubes_per_task']} cubes of {training['cube']}³ per task"
-    if run.training_mode == "patch" and "batch_size" in summary:
+    if run.training_mode == "patch" and count(summary.get("batch_size")):
         return f"batch {summary['batch_size']}"
     return ""
 

@@ -40,6 +40,17 @@ def test_runs_of_one_mode_are_told_apart_by_what_a_step_held():
     assert list(lines["1: brain, training=patch (batch 210), seed 0"].get_xdata()) == [40.0, 80.0]
 
 
+def test_a_summary_without_whole_numbers_leaves_the_step_out_of_the_label():
+    odd = [_run("dense", [1.0, 2.0]), _run("patch", [1.0, 2.0]), _run("patch", [1.0, 2.0])]
+    odd[0].summary = {"training": {"cube": "2", "cubes_per_task": None}}
+    odd[1].summary = {"batch_size": True}
+    odd[2].summary = {"batch_size": 96.5, "training": [1, 2]}
+    (ax,) = plot_dice_against_seconds(odd).axes
+    assert [line.get_label() for line in ax.get_lines()] == [
+        "1: brain, training=dense, seed 0", "1: brain, training=patch, seed 0", "1: brain, training=patch, seed 0"
+    ]
+
+
 def test_runs_without_training_seconds_are_a_clear_error():
     with pytest.raises(ValueError, match="train_seconds"):
         plot_dice_against_seconds([_run("patch", None)])
