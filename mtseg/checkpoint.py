@@ -11,6 +11,7 @@ from typing import Any
 import torch
 
 from mtseg.module import CHECKPOINT_KEY, MultiTaskSegmentationModule
+from mtseg.nifti import existing_file
 from mtseg.tasks import LabelSpace
 
 #: The only ``_target_`` values a configuration read from a checkpoint may name: mtseg's data
@@ -161,12 +162,14 @@ def load_checkpoint(path: str | Path) -> LoadedCheckpoint:
     """Load an mtseg checkpoint written by ``mtseg.train``.
 
     Raises:
+        TypeError: ``path`` is not a path.
         FileNotFoundError: ``path`` does not exist.
+        IsADirectoryError: ``path`` is a folder.
         ValueError: The file is not a PyTorch checkpoint, or not one written by mtseg.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    if not isinstance(path, (str, Path)):
+        raise TypeError(f"a checkpoint is given as a path (str or pathlib.Path), not {type(path).__name__}")
+    path = existing_file(path, "checkpoint")
     try:
         # weights_only: tensors and plain containers only, so loading a file can never run code
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
@@ -224,8 +227,20 @@ def threshold_for(loaded: LoadedCheckpoint, task: str) -> tuple[float | None, st
     return None, "none stored: argmax used"
 
 
+#: The devices ``device=`` / ``--device`` name: ``cuda:N`` picks one GPU.
+DEVICES = ("auto", "cpu", "cuda")
+
+
 def select_device(name: str) -> torch.device:
-    """``auto`` (the GPU when there is one), ``cpu`` or ``cuda``."""
+    """``auto`` (the GPU when there is one), ``cpu``, ``cuda`` or ``cuda:N``.
+
+    Raises:
+        ValueError: another name, or ``cuda`` without a GPU.
+    """
+    if not isinstance(name, str) or name.split(":")[0] not in DEVICES or (":" in name and not name.startswith("cuda:")):
+        raise ValueError(f"device={name!r}: expected one of {', '.join(DEVICES)} (or cuda:N)")
+    if name.startswith("cuda:") and not (name[5:].isdigit() and torch.cuda.is_available() and int(name[5:]) < torch.cuda.device_count()):
+        raise ValueError(f"device={name}: no such GPU ({torch.cuda.device_count()} visible)")
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():

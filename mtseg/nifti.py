@@ -75,55 +75,63 @@ def _decompressed_at_least(path: Path, needed: int) -> int:
     return total
 
 
-def checked_nifti(path: str | Path, limits: ImageLimits | None = None) -> nib.Nifti1Image:
-    """``path`` opened as NIfTI (its voxels not yet read) once its header has been checked against the
-    file and ``limits``: a scalar voxel type, 3-D (or 4-D with one volume), at most ``max_voxels``
-    voxels, finite spacings inside ``[min_spacing_mm, max_spacing_mm]``, an invertible affine, and
-    as many data bytes in the file as the header declares.
+def check_geometry(name: str, shape, dtype: np.dtype, spacing, affine, limits: ImageLimits) -> tuple[int, int, int]:
+    """Refuse an image, from its declared geometry alone, that mtseg cannot or must not read: a
+    non-scalar voxel type, not 3-D (or 4-D with one volume), fewer than 2 voxels along an axis, more
+    than ``max_voxels`` voxels, spacings that are not finite or lie outside ``[min_spacing_mm,
+    max_spacing_mm]``, an affine that is not finite or not invertible. Nothing here reads a voxel:
+    files, nibabel images and TorchIO images all pass this one check first.
+
+    Args:
+        name: The image in messages: its path or :data:`IN_MEMORY`.
+        shape: The declared shape.
+        dtype: The voxel type.
+        spacing: The voxel sizes in mm (a NIfTI header's zooms, or the affine's column norms).
+        affine: The voxel-to-world affine.
+        limits: :class:`ImageLimits`.
+
+    Returns:
+        The 3-D spatial shape.
 
     Raises:
-        FileNotFoundError: The file does not exist.
-        ValueError: Anything else, with the file named.
+        ValueError: naming ``name`` and the problem.
     """
-    path = Path(path)
-    limits = limits or ImageLimits.load()
-    if not path.is_file():
-        raise FileNotFoundError(f"image {path} does not exist")
-    if not is_nifti_path(path):
-        raise ValueError(f"{path}: not a NIfTI file (expected a name ending in .nii or .nii.gz)")
-    try:
-        nifti = nib.load(path)
-        header = nifti.header
-        shape = tuple(int(n) for n in nifti.shape)
-        dtype = header.get_data_dtype()
-        zooms = np.asarray(header.get_zooms()[:3], dtype=np.float64)
-        affine = np.asarray(nifti.affine, dtype=np.float64)
-        offset = int(getattr(nifti.dataobj, "offset", 0))  # the header object nibabel returns resets vox_offset
-    except Exception as error:
-        raise ValueError(f"{path}: cannot be read as NIfTI ({type(error).__name__}: {error})") from None
+    dtype = np.dtype(dtype)
+    shape = tuple(int(n) for n in shape)
     if dtype.fields is not None or dtype.kind not in "biuf":
-        raise ValueError(f"{path}: voxels of type {dtype} (e.g. RGB or complex); a scalar intensity or label image is needed")
+        raise ValueError(f"{name}: voxels of type {dtype} (e.g. RGB or complex); a scalar intensity or label image is needed")
     if len(shape) == 4 and shape[3] == 1:
         shape = shape[:3]
     if len(shape) != 3:
         raise ValueError(
-            f"{path}: expected a 3-D image, got {len(shape)}-D data of shape {shape}"
+            f"{name}: expected a 3-D image, got {len(shape)}-D data of shape {shape}"
             + (" (one volume of a 4-D series can be cut out with e.g. fslroi)" if len(shape) == 4 else "")
         )
     if min(shape) < 2:
-        raise ValueError(f"{path}: a 3-D image needs at least 2 voxels per axis, got shape {shape}")
+        raise ValueError(f"{name}: a 3-D image needs at least 2 voxels per axis, got shape {shape}")
     n_voxels = int(np.prod(shape, dtype=np.int64))
-    limits.check_grid(n_voxels, f"{path}: its header declares a {'x'.join(map(str, shape))} image that")
+    limits.check_grid(n_voxels, f"{name}: its header declares a {'x'.join(map(str, shape))} image that")
+    try:
+        zooms = np.asarray(spacing, dtype=np.float64).reshape(3)
+        affine = np.asarray(affine, dtype=np.float64).reshape(4, 4)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name}: its spacing {spacing!r} or affine is not numeric (corrupt header)") from None
     if not np.isfinite(zooms).all() or (zooms <= 0).any():
-        raise ValueError(f"{path}: voxel spacing {zooms.tolist()} mm is not finite and positive (corrupt header)")
+        raise ValueError(f"{name}: voxel spacing {zooms.tolist()} mm is not finite and positive (corrupt header)")
     if zooms.min() < limits.min_spacing_mm or zooms.max() > limits.max_spacing_mm:
         raise ValueError(
-            f"{path}: voxel spacing {np.round(zooms, 6).tolist()} mm lies outside "
+            f"{name}: voxel spacing {np.round(zooms, 6).tolist()} mm lies outside "
             f"min_spacing_mm={limits.min_spacing_mm:g} .. max_spacing_mm={limits.max_spacing_mm:g} (conf/limits.yaml)"
         )
     if not np.isfinite(affine).all() or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
-        raise ValueError(f"{path}: its affine is not finite or not invertible (corrupt header):\n{np.round(affine, 4)}")
-    needed = offset + n_voxels * dtype.itemsize
+        raise ValueError(f"{name}: its affine is not finite or not invertible (corrupt header):\n{np.round(affine, 4)}")
+    return shape
+
+
+def _check_file_holds(path: Path, offset: int, n_voxels: int, dtype: np.dtype) -> None:
+    """Refuse ``path`` if it holds fewer data bytes than ``n_voxels`` voxels of ``dtype`` from ``offset``
+    (gzip files are measured by decompressing in chunks, never whole)."""
+    needed = offset + n_voxels * np.dtype(dtype).itemsize
     if str(path).endswith(".gz"):
         try:
             found = _decompressed_at_least(path, needed)
@@ -136,6 +144,49 @@ def checked_nifti(path: str | Path, limits: ImageLimits | None = None) -> nib.Ni
             f"{path}: truncated: its header declares {n_voxels:,d} voxels of {dtype} ({needed:,d} bytes with the header), "
             f"the file holds {found:,d}"
         )
+
+
+def existing_file(path: str | Path, what: str = "image") -> Path:
+    """``path`` if it is a file; else a clear error: it does not exist, or it is a folder.
+
+    Raises:
+        FileNotFoundError: nothing at ``path``.
+        IsADirectoryError: ``path`` is a folder.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"{what} {path} is a folder, not a file")
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} {path} does not exist")
+    return path
+
+
+def checked_nifti(path: str | Path, limits: ImageLimits | None = None) -> nib.Nifti1Image:
+    """``path`` opened as NIfTI (its voxels not yet read) once its header has been checked against the
+    file and ``limits`` (:func:`check_geometry`, with the header's zooms) and the file holds as many
+    data bytes as the header declares.
+
+    Raises:
+        FileNotFoundError: The file does not exist.
+        IsADirectoryError: ``path`` is a folder.
+        ValueError: Anything else, with the file named.
+    """
+    path = existing_file(path)
+    limits = limits or ImageLimits.load()
+    if not is_nifti_path(path):
+        raise ValueError(f"{path}: not a NIfTI file (expected a name ending in .nii or .nii.gz)")
+    try:
+        nifti = nib.load(path)
+        header = nifti.header
+        shape = tuple(int(n) for n in nifti.shape)
+        dtype = header.get_data_dtype()
+        zooms = np.asarray(header.get_zooms()[:3], dtype=np.float64)
+        affine = np.asarray(nifti.affine, dtype=np.float64)
+        offset = int(getattr(nifti.dataobj, "offset", 0))  # the header object nibabel returns resets vox_offset
+    except Exception as error:
+        raise ValueError(f"{path}: cannot be read as NIfTI ({type(error).__name__}: {error})") from None
+    shape = check_geometry(str(path), shape, dtype, zooms, affine, limits)
+    _check_file_holds(path, offset, int(np.prod(shape, dtype=np.int64)), dtype)
     return nifti
 
 

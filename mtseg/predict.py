@@ -16,20 +16,26 @@ import logging
 import sys
 from pathlib import Path
 
+from mtseg.checkpoint import select_device
 from mtseg.nifti import ImageLimits, check_outputs, check_writable, read_image
 from mtseg.segmenter import Segmenter, default_settings, sidecar_path
+from mtseg.settings import PREDICT_RULES, check_settings
 from mtseg.signals import SIGTERM_EXIT, Terminated, sigterm_raises
 
 
 def predict(args: argparse.Namespace):
     """Check the arguments and inputs, segment ``args.input``, write the outputs; returns the :class:`~mtseg.segmenter.Segmentation`."""
+    settings = {k: getattr(args, k) for k in PREDICT_RULES}
+    check_settings(settings, PREDICT_RULES, spell=lambda key: "--" + key.replace("_", "-"))
+    select_device(args.device)  # a name it does not know, or cuda without a GPU: refused before anything is read
     output = check_writable(args.output)
+    if args.probabilities is not None:
+        folder = Path(args.probabilities)
+        check_outputs([folder], {"input image": Path(args.input), "checkpoint": Path(args.checkpoint)}, overwrite=True)
+        if folder.exists() and not folder.is_dir():
+            raise ValueError(f"--probabilities {folder} is a file, not a folder")
     image = read_image(args.input, ImageLimits.load(max_voxels=args.max_voxels))  # input checks before the network loads
-    segmenter = Segmenter.from_checkpoint(
-        args.checkpoint, args.device, slab_voxels=args.slab_voxels, max_voxels=args.max_voxels, min_dominance=args.min_dominance,
-        min_plausibility=args.min_plausibility, min_intensity_agreement=args.min_intensity_agreement,
-        min_foreground_percent=args.min_foreground_percent,
-    )
+    segmenter = Segmenter.from_checkpoint(args.checkpoint, args.device, **settings)
     maps = [Path(args.probabilities) / f"{name}.nii.gz" for name in segmenter.space.class_names] if args.probabilities else []
     check_outputs([output, sidecar_path(output), *maps], {"input image": Path(args.input), **segmenter.inputs}, args.overwrite)
     result = segmenter.segment(image, args.task, probabilities=bool(args.probabilities))

@@ -5,7 +5,7 @@
     from mtseg import Segmenter
 
     segmenter = Segmenter.from_checkpoint("outputs/runs/brain_breast_cta/<date_time>/checkpoints/last.ckpt")
-    result = segmenter.segment("scan.nii.gz")  # a path, a tio.ScalarImage or a nibabel image
+    result = segmenter.segment("scan.nii.gz")  # a path, a nibabel image, a tio.ScalarImage or tio.Subject
     print(result.task, result.recognition["dominance"], result.low_confidence)
     result.save("scan_seg.nii.gz")  # labels on the input's grid, and scan_seg.json
 
@@ -30,7 +30,6 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 import torch
 import torchio as tio
@@ -39,8 +38,10 @@ from mtseg.data.preprocessing import IMAGE, SAMPLING_MASK, build_preprocessing, 
 from mtseg.data.triplanar import TriplanarVolume
 from mtseg.defaults import conf_defaults
 from mtseg.inference import segment_volume
-from mtseg.nifti import ImageLimits, atomic_write_all, check_outputs, check_writable_folder, nifti_writer, read_image, to_input_grid
+from mtseg.image_input import checked_image, image_name
+from mtseg.nifti import ImageLimits, atomic_write_all, check_outputs, check_writable, check_writable_folder, nifti_writer, to_input_grid
 from mtseg.operating_point import task_labels, thresholded
+from mtseg.settings import PREDICT_RULES, check_settings
 from mtseg.recognition import Pass, intensity_agreement, preprocessing_key, resolved_spacing, working_spacing
 from mtseg.tasks import TASKS
 
@@ -109,8 +110,10 @@ class Segmentation:
         or signal leaves neither a partial set nor a temporary file, and earlier outputs whole.
         Returns the written paths.
         """
-        path = Path(path)
+        path = check_writable(path)  # a NIfTI name in an existing, writable folder
         folder = None if probabilities is None else Path(probabilities)
+        if folder is not None and folder.exists() and not folder.is_dir():
+            raise ValueError(f"probabilities folder {folder} is a file, not a folder")
         maps = [] if folder is None else [folder / f"{name}.nii.gz" for name in self.class_names]
         check_outputs([path, sidecar_path(path), *maps], self.inputs, overwrite)
         if maps and len(self.working.probabilities) < len(self.class_names):
@@ -157,27 +160,6 @@ def default_settings() -> dict:
     return {**conf_defaults("predict.yaml"), "slab_voxels": conf_defaults("evaluation/whole_image.yaml")["slab_voxels"]}
 
 
-def as_image(image, limits: ImageLimits) -> tio.ScalarImage:
-    """``image`` (a NIfTI path, a ``tio.ScalarImage`` or a nibabel image) as a checked 3-D TorchIO image."""
-    if isinstance(image, (str, Path)):
-        return read_image(image, limits)
-    if isinstance(image, nib.spatialimages.SpatialImage):
-        data, affine, path = np.asanyarray(image.dataobj), image.affine, image.get_filename()
-        data = data[..., 0] if data.ndim == 4 and data.shape[3] == 1 else data
-        tensor = torch.from_numpy(np.asarray(data, dtype=np.float32))[None] if data.ndim == 3 else None
-    elif isinstance(image, tio.ScalarImage):
-        tensor, affine, path = image.data.float(), image.affine, image.path
-        tensor = tensor if tensor.shape[0] == 1 else None
-    else:
-        raise TypeError(f"segment() takes a NIfTI path, a tio.ScalarImage or a nibabel image, not {type(image).__name__}")
-    if tensor is None or tensor.ndim != 4:
-        raise ValueError(f"{path or 'the image'}: expected a single 3-D volume, got shape {tuple(np.shape(data if tensor is None else tensor))}")
-    limits.check_grid(int(tensor[0].numel()), f"{path or 'the image'} of shape {tuple(tensor.shape[1:])}")
-    if not torch.isfinite(tensor).all():
-        raise ValueError(f"{path or 'the image'}: holds {int((~torch.isfinite(tensor)).sum())} NaN or infinite intensities")
-    return tio.ScalarImage(tensor=tensor, affine=affine, path=path)
-
-
 class Segmenter:
     """A trained network ready to segment scans of any of its tasks.
 
@@ -195,6 +177,7 @@ class Segmenter:
         if unknown:
             raise TypeError(f"unknown Segmenter setting(s) {sorted(unknown)}; known: {sorted(defaults)} and max_voxels")
         self.settings = {**defaults, **{k: v for k, v in settings.items() if v is not None and k != "max_voxels"}}
+        check_settings({**self.settings, "max_voxels": settings.get("max_voxels")}, PREDICT_RULES)
         self.limits = ImageLimits.load(max_voxels=settings.get("max_voxels"))
         self.loaded = loaded
         self.device = select_device(device or self.settings["device"])
@@ -221,22 +204,24 @@ class Segmenter:
         """Segment ``image``; recognise its task unless ``task`` is given.
 
         Args:
-            image: A NIfTI path, a ``tio.ScalarImage`` or a nibabel image (3-D).
+            image: A NIfTI path, a nibabel image, a ``tio.ScalarImage`` or a ``tio.Subject`` holding one (3-D);
+                whatever its type, its geometry is checked before its voxels are read (:mod:`mtseg.image_input`).
             task: Pin the task (its preprocessing is used; no recognition).
             probabilities: Keep every output channel's probability (for :meth:`Segmentation.save`'s maps).
 
         Raises:
+            TypeError: ``image`` of another type.
             ValueError: An unreadable or malformed image, one without contrast or without any
                 voxel above the tasks' thresholds, a working grid above ``max_voxels``, or a
                 task the network was not trained for.
         """
-        image = as_image(image, self.limits)
+        image = checked_image(image, self.limits)
         given = task is not None
         if given and task not in self.space.tasks:
             raise ValueError(f"--task {task}: the network was trained for {', '.join(self.space.tasks)} only")
         low, high = float(image.data.min()), float(image.data.max())
         if low == high:
-            raise ValueError(f"{image.path}: all {image.data.numel():,d} voxels have intensity {low:g}: no contrast to normalise or segment")
+            raise ValueError(f"{image_name(image)}: all {image.data.numel():,d} voxels have intensity {low:g}: no contrast to normalise or segment")
         # kept: every channel for the probability maps, else the foreground of each thresholded task
         channels = None if probabilities else [self.space.task_classes(t)[1] for t in self.space.tasks if thresholded(t)]
         thresholds = {t: v for t, (v, _) in self.thresholds.items() if v is not None}
@@ -287,7 +272,7 @@ class Segmenter:
     def _nothing_above_threshold(self, image: tio.ScalarImage, tasks) -> ValueError:
         thresholds = ", ".join(f"{t} {self.loaded.meta['preprocessing'][t]['threshold']:g}" for t in tasks)
         return ValueError(
-            f"{image.path}: no voxel has an intensity above the threshold of {'any task' if len(tasks) > 1 else 'task ' + tasks[0]} "
+            f"{image_name(image)}: no voxel has an intensity above the threshold of {'any task' if len(tasks) > 1 else 'task ' + tasks[0]} "
             f"(intensities {float(image.data.min()):g} .. {float(image.data.max()):g}; thresholds: {thresholds}): nothing to segment"
         )
 
@@ -302,7 +287,7 @@ class Segmenter:
         extent = np.asarray(image.spacing) * np.asarray(image.spatial_shape)
         self.limits.check_grid(
             int(np.prod(np.ceil(extent / target), dtype=np.float64)),
-            f"{image.path}: resampled to {target:g} mm for task {tasks[0]}, the working grid",
+            f"{image_name(image)}: resampled to {target:g} mm for task {tasks[0]}, the working grid",
         )
         where = f"{self.loaded.path} (preprocessing of {tasks[0]})"
         intensity = [instantiate_checked(t, where) for t in config.get("intensity", [])]

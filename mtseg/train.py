@@ -27,6 +27,7 @@ import hydra
 import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import InstantiationException
 from hydra.types import RunMode
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
@@ -42,6 +43,8 @@ from mtseg.experiment_configs import register_experiment_configs
 from mtseg.evaluation import results_table
 from mtseg.module import MultiTaskSegmentationModule, cpu_has_native_bf16
 from mtseg.nifti import atomic_write_bytes
+from mtseg.run_folder import remove_refused_run
+from mtseg.settings import TRAIN_RULES, check_settings, config_values
 from mtseg.signals import SIGTERM_EXIT
 from mtseg.summary import dice_table, write_summary
 from mtseg.tasks import experiment_tasks
@@ -140,11 +143,9 @@ def continue_metrics(checkpoint: Path, step: int, target: Path) -> None:
 def train(cfg: DictConfig) -> dict:
     """Fit one experiment as configured; return the summary written to ``summary.json``."""
     run_dir = Path(HydraConfig.get().runtime.output_dir)
+    check_settings(config_values(cfg, TRAIN_RULES), TRAIN_RULES)  # types and ranges, before anything is built
     tasks = experiment_tasks(cfg.experiment)
     n_tasks = len(tasks)
-    for knob in ("minibatches_per_task", "eval_every"):
-        if cfg.schedule[knob] < 1:
-            raise ValueError(f"schedule.{knob} must be at least 1, got {cfg.schedule[knob]}")
     quiet_libraries()
     if str(cfg.trainer.get("strategy", "")).startswith("ddp") and HydraConfig.get().mode == RunMode.MULTIRUN \
             and "submitit" not in str(HydraConfig.get().launcher.get("_target_", "")):
@@ -285,8 +286,14 @@ def train(cfg: DictConfig) -> dict:
 def main(cfg: DictConfig) -> None:
     try:
         train(cfg)
-    except (ValueError, OSError) as error:  # bad data, settings or checkpoint: a message, not a traceback
-        log.error("%s", error)
+    except (ValueError, OSError, InstantiationException) as error:  # bad data, settings or checkpoint: a message, not a traceback
+        if isinstance(error, InstantiationException):  # Hydra's wrapper of an error raised while building from the config
+            if not isinstance(error.__cause__, (ValueError, OSError)):
+                raise
+            error = error.__cause__
+        # refused before the run wrote anything of its own: its folder goes, else the error stays in its train.log
+        if not remove_refused_run(Path(HydraConfig.get().runtime.output_dir), Path(cfg.output_dir)):
+            log.error("%s", error)
         print(f"mtseg.train: error: {error}", file=sys.stderr)
         sys.exit(1)
 

@@ -130,7 +130,9 @@ def test_wheels_are_fetched_with_pip_download_no_deps(tmp_path, monkeypatch):
     assert {c[-1] for c in commands} == {f"{p}=={v}" for p, v in CFG["packages"].items()}
 
     monkeypatch.setattr(subprocess, "run", lambda command, **k: subprocess.CompletedProcess(command, 1, "", "no network"))
-    with pytest.raises(RuntimeError, match=r"pip download of deepmriprep==0.3.0 failed .*--wheels DIR"):
+    with pytest.raises(OSError, match=r"pip download of deepmriprep==0.3.0 failed .*--wheels DIR"):
         build_brain_templates(tmp_path / "other")
+    (tmp_path / "empty_dir").mkdir()
     with pytest.raises(ValueError, match=r"no wheel of deepmriprep==0.3.0"):
         build_brain_templates(tmp_path / "other", wheels=tmp_path / "empty_dir")
+    assert not (tmp_path / "other").exists()  # a failed build leaves nothing

@@ -67,15 +67,30 @@ def find_wheel(folder: Path, package: str, version: str) -> Path | None:
     return found[0] if found else None
 
 
+def checked_wheel(wheel: Path) -> Path:
+    """``wheel`` if it is a readable zip archive (a wheel is one); else a clear error naming it."""
+    try:
+        with zipfile.ZipFile(wheel) as archive:
+            damaged = archive.testzip()
+    except (zipfile.BadZipFile, OSError) as error:
+        raise ValueError(f"{wheel}: not a readable wheel (zip archive): {error}") from None
+    if damaged is not None:
+        raise ValueError(f"{wheel}: damaged: its member {damaged} fails its checksum")
+    return wheel
+
+
 def fetch_wheels(packages: Mapping[str, str], cache: Path, wheels: Path | None = None) -> dict[str, Path]:
-    """The wheel of every pinned package: from ``wheels``, the cache, or ``pip download --no-deps``."""
-    cache.mkdir(parents=True, exist_ok=True)
+    """The wheel of every pinned package, checked to be a readable zip archive: from ``wheels`` (a folder
+    that must exist), the cache, or ``pip download --no-deps`` into the cache."""
+    if wheels is not None and not wheels.is_dir():
+        raise ValueError(f"--wheels {wheels}: no such folder")
     found: dict[str, Path] = {}
     for package, version in packages.items():
         wheel = find_wheel(wheels, package, version) if wheels is not None else find_wheel(cache, package, version)
         if wheel is None and wheels is not None:
             raise ValueError(f"{wheels}: no wheel of {package}=={version} (expected {package}-{version}-*.whl)")
         if wheel is None:
+            cache.mkdir(parents=True, exist_ok=True)
             command = [
                 sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
                 "--disable-pip-version-check", "--quiet", "--dest", str(cache), f"{package}=={version}",
@@ -83,12 +98,12 @@ def fetch_wheels(packages: Mapping[str, str], cache: Path, wheels: Path | None =
             print(f"Fetching {package}=={version} with pip download --no-deps into {cache}")
             result = subprocess.run(command, capture_output=True, text=True)
             wheel = find_wheel(cache, package, version)
-            if result.returncode != 0 or wheel is None:
-                raise RuntimeError(
+            if result.returncode != 0 or wheel is None:  # no network, say: an OSError, reported in one line
+                raise OSError(
                     f"pip download of {package}=={version} failed (exit code {result.returncode}); "
                     f"without network access, put the wheel in {cache} or pass --wheels DIR\n{result.stderr[-2000:]}"
                 )
-        found[package] = wheel
+        found[package] = checked_wheel(wheel)
     return found
 
 
@@ -142,6 +157,17 @@ def build_brain_templates(root: str | Path = "data", wheels: str | Path | None =
     start = time.perf_counter()
     cfg = dict(cfg) if cfg is not None else load_build_config()
     root = Path(root)
+    # the folders this build may create, the outer first: on any failure those it created go again
+    created = [f for f in (root, root / "cache", root / "cache" / "wheels", root / "cache" / "unpacked", root / "nnunet_raw") if not f.exists()]
+    try:
+        return _build(root, wheels, force, cfg, start)
+    except BaseException:
+        for folder in reversed(created):
+            shutil.rmtree(folder, ignore_errors=True)
+        raise
+
+
+def _build(root: Path, wheels, force: bool, cfg: dict, start: float) -> Path:
     out = root / "nnunet_raw" / cfg["dataset"]
     wheel_files = fetch_wheels(cfg["packages"], root / "cache" / "wheels", Path(wheels) if wheels else None)
     record = build_record(cfg, wheel_files)

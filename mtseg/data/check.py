@@ -28,6 +28,7 @@ import torchio as tio
 
 from mtseg.data.label_mapping import LabelMapping, load_scheme
 from mtseg.data.nifti_folder import csv_cases, folder_cases
+from mtseg.nifti import is_nifti_path
 from mtseg.data.nnunet import is_nnunet_folder, nnunet_cases, restrict_to_declared
 from mtseg.data.preprocessing import IMAGE, LABEL, negative_fraction
 from mtseg.data.sources import subjects_of_cases
@@ -215,6 +216,11 @@ def check_dataset(
     else:
         mapping = LabelMapping.passthrough()
     root = path.parent if path.is_file() else path
+    if path.is_file() and is_nifti_path(path):
+        raise ValueError(
+            f"{path}: a single NIfTI image, not a data set: pass the data set's folder (images/ and labels/, or nnU-Net's "
+            "imagesTr/ and labelsTr/) or a CSV listing image and label files"
+        )
     if path.is_file():
         kind, cases = "data set CSV", csv_cases(path)
     elif is_nnunet_folder(path):
