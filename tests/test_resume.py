@@ -54,12 +54,14 @@ def test_a_run_killed_by_sigterm_resumes_to_the_weights_of_an_uninterrupted_run(
     killed = killed_run(tmp_path, kill_at, *common, "hydra.run.dir=" + str(tmp_path / "killed"))
     assert killed.returncode == 143, killed.stderr[-3000:]
     assert f"Stopped by SIGTERM at step {kill_at}" in killed.stderr and "ckpt_path=" in killed.stderr
+    assert "weights_only" not in killed.stderr + killed.stdout  # no library notice contradicting a full checkpoint
     last = tmp_path / "killed" / "checkpoints" / "last.ckpt"
     assert torch.load(last, map_location="cpu", weights_only=True)["global_step"] == kill_at
     assert not (tmp_path / "killed" / "summary.json").exists()  # an interrupted run reports no result
 
     resumed = run_train(tmp_path, *common, f"ckpt_path={last}", "hydra.run.dir=" + str(tmp_path / "resumed"))
     assert f"Resuming {last} at step {kill_at}" in resumed.stderr + resumed.stdout
+    assert "not resumable" not in resumed.stderr + resumed.stdout  # Lightning's notice: resume is exact here (below)
     whole, again = weights(tmp_path / "whole"), weights(tmp_path / "resumed")
     assert whole.keys() == again.keys()
     for name in whole:
