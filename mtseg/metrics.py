@@ -64,7 +64,7 @@ class PooledPRCurve:
     each voxel is put in its threshold bin once (``torch.bucketize``) and the bins are
     counted with one ``bincount``, where torchmetrics compares every voxel with every
     threshold (it took 38 s for 61,440 voxels and 1001 thresholds on the 2-core machine of
-    the README; a CTA test set has 10^8 voxels). The tests check the curve against
+    docs/CHANGELOG.md; a CTA test set has 10^8 voxels). The tests check the curve against
     torchmetrics' on the same voxels.
 
     Args:

@@ -218,7 +218,7 @@ def test_intensity_agreement_tells_a_ct_in_hounsfield_units_from_an_mr():
     assert intensity_agreement(0.84, ct) == pytest.approx(0.69 / 0.85)  # or more
     assert intensity_agreement(0.005, mr) == pytest.approx(0.01 / 0.015)  # an MR with a little
     assert intensity_agreement(0.9, None) == 1.0  # a checkpoint without the statistic: no check
-    # the oblique, thick-sliced CTA of the README's previous demo: its MRI pass called it brain
+    # the oblique, thick-sliced CTA of an earlier demo (docs/CHANGELOG.md): its MRI pass called it brain
     # (dominance 1.00, plausibility 0.90) above its CT pass (0.91 x 0.62); half its voxels are air or fat
     expected = {"brain": 0.5, "cta": 0.003}
     as_mri = Pass(("brain",), 1.0, np.eye(4), torch.zeros(1), {}, {"brain": 4500, "cta": 0}, 10000, intensity_agreement(0.5, mr))

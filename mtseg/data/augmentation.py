@@ -9,7 +9,7 @@ from the preprocessed image with the TorchIO transforms listed in
 noise for the brain templates; off for the phantoms). The copies join the training set
 as extra images: a pass of the queue visits the original and its copies, and the class
 quotas are spread over all of them. Cost: ``copies`` times the image's memory and the
-augmentation time of each copy, once per run (both measured in the README).
+augmentation time of each copy, once per run (both measured in docs/CHANGELOG.md).
 
 Spatial transforms move the image, its label and its sampling mask together (labels
 and mask by nearest neighbour); intensity transforms act on the normalised image. Each
