@@ -64,9 +64,9 @@ SWEEP_LAUNCHER = $(if $(findstring hydra/launcher,$(ARGS)),,$(shell $(BIN)/pytho
 sweep: install
 	$(BIN)/python -m mtseg.train -m +experiment=$(EXPERIMENTS) $(SWEEP_LAUNCHER) $(ARGS)
 
-# Fig. 2, Fig. 3 and the results table of a sweep (default: the newest) or of runs:
-# make figures RUNS="outputs/sweeps/<date_time>"
-RUNS ?= $(lastword $(sort $(wildcard outputs/sweeps/*)))
+# Fig. 2, Fig. 3 and the results table of a sweep (default: the newest, by modification time) or of runs:
+# make figures RUNS="outputs/sweeps/<date_time>" ARGS="--out <folder>"
+RUNS ?= $(shell ls -dt outputs/sweeps/*/ 2>/dev/null | head -1)
 figures: install
 	@test -n "$(RUNS)" || { echo "no sweep under outputs/sweeps: run make sweep first or pass RUNS=<run or sweep folders>"; exit 1; }
 	$(BIN)/python -m mtseg.figures $(RUNS) $(ARGS)

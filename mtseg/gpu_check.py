@@ -1,6 +1,7 @@
 """One command that measures mtseg on a GPU: ``make gpu-check`` (``python -m mtseg.gpu_check``).
 
-Writes ``gpu_check.json`` and ``gpu_check.md`` into ``--out`` with:
+Writes ``gpu_check.json``, ``gpu_check.md`` and ``provenance.json`` (:mod:`mtseg.provenance`:
+commit, command, machine, date) into ``--out``, with:
 
 1. the device and the versions of Python, torch, CUDA and Lightning;
 2. samples/s of the paper's training step (batch 210 triplanar samples, forward, backward,
@@ -42,6 +43,7 @@ from mtseg.data.triplanar import TriplanarVolume
 from mtseg.defaults import conf_defaults
 from mtseg.inference import segment_volume
 from mtseg.module import MultiTaskSegmentationModule
+from mtseg.provenance import command_line, write_provenance
 from mtseg.tasks import EXPERIMENTS, LabelSpace, experiment_tasks
 
 
@@ -295,6 +297,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="measure nothing: print the launcher overrides `make sweep` uses here, from --out's report")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides for the model, data and sweep (e.g. model.depth=3)")
     args = parser.parse_args(argv)
+    started = time.time()
     if args.launcher:
         report_path = Path(args.out) / "gpu_check.json"
         report = json.loads(report_path.read_text()) if report_path.is_file() else {}
@@ -338,6 +341,7 @@ def main(argv: list[str] | None = None) -> int:
             }
     (out / "gpu_check.json").write_text(json.dumps(report, indent=2))
     (out / "gpu_check.md").write_text(markdown(report))
+    write_provenance(out, command_line("mtseg.gpu_check", argv), started)
     print(markdown(report))
     return 0
 

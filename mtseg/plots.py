@@ -213,7 +213,7 @@ def segmentation_panels(runs: Sequence[RunRecord], data_overrides: dict | None =
     from mtseg.checkpoint import load_checkpoint, test_datamodule, threshold_for
     from mtseg.data.datamodule import HeldOutImage
     from mtseg.evaluation import example_slice
-    from mtseg.inference import slab_logits
+    from mtseg.inference import segment_volume
     from mtseg.operating_point import task_labels, thresholded
 
     panels: dict[str, SegmentationPanel] = {}
@@ -240,9 +240,9 @@ def segmentation_panels(runs: Sequence[RunRecord], data_overrides: dict | None =
             )
             if run.experiment in panel.segmentations:
                 continue  # one network per experiment (the first seed)
-            with torch.no_grad():
-                loaded.net.eval()
-                probabilities = slab_logits(loaded.net, image.volume, z, z + 1)[..., 0].softmax(0)
+            one_slice = torch.zeros(image.volume.shape, dtype=torch.bool)
+            one_slice[..., z] = True  # dense inference of this slice alone (its slab), every channel
+            probabilities = segment_volume(loaded.net, image.volume, one_slice, None, progress=False).probabilities[..., z]
             outside = ~image.mask[..., z]  # as in dense inference: background outside the sampling mask
             labels = probabilities.argmax(0).masked_fill_(outside, 0)
             probability = probabilities[space.task_classes(task)[1]].masked_fill(outside, 0.0)

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from collections.abc import Mapping
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
 from mtseg.module import MultiTaskSegmentationModule
+from mtseg.provenance import command_line, provenance
 
 
 def _or_none(value: float | None) -> float | None:
@@ -47,6 +49,8 @@ def write_summary(
         "dice_on": "whole held-out images: mean over images (paper §4)",
         "evaluation": None if evaluation is None else evaluation.to_dict(),
         "intensity_baseline_dice": {t: {c: _or_none(d) for c, d in baseline[t].items()} for t in space.tasks},
+        # where the run ran: commit, command, machine, versions (mtseg.provenance), for results built from it
+        "provenance": provenance(command_line("mtseg.train"), time.time() - train_seconds),
     }
     path.write_text(json.dumps(summary, indent=2, allow_nan=False))
     return summary

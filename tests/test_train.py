@@ -58,6 +58,8 @@ def test_train_writes_the_run_directory(tiny_run):
     assert (run / ".hydra" / "config.yaml").is_file()
     summary = json.loads((run / "summary.json").read_text())
     assert summary["experiment"] == "brain_breast_cta"
+    # where it ran, for results built from it (mtseg.figures copies it into its provenance.json)
+    assert summary["provenance"]["command"].startswith("python -m mtseg.train ") and summary["provenance"]["cpu"]["cpu_count"] >= 1
     assert summary["n_classes"] == 9 and len(summary["class_names"]) == 9
     assert summary["steps"] == 12 and summary["minibatches_per_task"] == 4
     assert summary["n_params"] > 0
