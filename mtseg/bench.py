@@ -19,15 +19,31 @@
 6. dense whole-volume inference versus patch-by-patch inference of the paper-sized
    network on a 64^3 volume (voxels/s of each and their ratio), and, with
    ``--large-shape 256 256 256``, dense voxels/s and peak memory on a large volume
-   (measured in a separate process, so the peak is the inference's own).
+   (measured in a separate process, so the peak is the inference's own);
+7. seconds per brain: dense inference of a phantom brain MR (``--brain-shape``, 181x217x181 at 1 mm by
+   default) with the default config's network (or ``--brain-checkpoint``'s), by the path before batch-norm
+   folding and bf16 (unfolded, fp32) and by the new default path (``conf/predict.yaml``'s precision), both
+   in this process; the peak memory of each in a fresh process, as ``predict`` keeps its outputs; and the
+   share of the mask's voxels given the same label and the largest probability difference.
+
+It ends with the peak resident memory of its own process (the fresh child processes aside).
+With ``--out DIR`` it also writes ``DIR/bench.md`` (what it printed), ``DIR/bench.json`` (every
+figure printed, by section and name, and the settings; see :data:`FIGURES`) and
+``DIR/provenance.json`` (:mod:`mtseg.provenance`: commit, command, machine, date, ``--note``).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import copy
+import io
+import json
 import multiprocessing
 import resource
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -38,21 +54,70 @@ from hydra.utils import instantiate
 from mtseg import CONFIG_DIR
 from omegaconf import OmegaConf
 
+from mtseg.checkpoint import load_checkpoint
 from mtseg.cpu_allocator import reuse_freed_memory
 from mtseg.data.cube_sampling import IGNORE
 from mtseg.data.datamodule import MultiTaskDataModule, prepare_subject, sampling_queue
-from mtseg.data.preprocessing import build_preprocessing
+from mtseg.data.phantoms import PhantomSpec, generate_phantom
+from mtseg.data.preprocessing import SAMPLING_MASK, build_preprocessing
 from mtseg.data.sampling import NUM_SAMPLES, ClassBalancedTriplanarSampler
 from mtseg.data.training_volumes import TrainingVolumes
 from mtseg.data.triplanar import TriplanarVolume
 from mtseg.defaults import conf_defaults
-from mtseg.inference import dense_probabilities, patch_probabilities, segment_volume
+from mtseg.inference import dense_probabilities, inference_dtype, patch_probabilities, segment_volume
 from mtseg.model import TriplanarCNN
 from mtseg.module import MultiTaskSegmentationModule, cpu_has_native_bf16
+from mtseg.nifti import atomic_write_bytes
+from mtseg.operating_point import thresholded
+from mtseg.provenance import command_line, write_provenance
 
 
 #: Dense training steps timed in a fresh process (after one warm-up step).
 DENSE_STEPS_TIMED = 3
+
+#: Every figure printed, ``{section: {name: value}}``, as the measurements produce them (:func:`record`);
+#: ``--out`` writes it to ``bench.json``. Floats are kept to 6 significant digits.
+FIGURES: dict[str, dict] = {}
+
+
+def record(section: str, **figures) -> None:
+    """Add ``figures`` to ``FIGURES[section]`` (written to ``bench.json`` with ``--out``)."""
+    def value(figure):
+        if isinstance(figure, float):
+            return float(f"{figure:.6g}")
+        if isinstance(figure, (tuple, list)):
+            return [value(f) for f in figure]
+        return figure
+
+    FIGURES.setdefault(section, {}).update({name: value(figure) for name, figure in figures.items()})
+
+
+class _Tee(io.StringIO):
+    """Standard output that is also kept (for ``bench.md``)."""
+
+    def __init__(self, stream) -> None:
+        super().__init__()
+        self.stream = stream
+
+    def write(self, text: str) -> int:
+        self.stream.write(text)
+        return super().write(text)
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+
+def write_bench(out: Path, printed: str, args: argparse.Namespace, argv: list[str] | None, started: float) -> None:
+    """``bench.md``, ``bench.json`` and ``provenance.json`` of one run into ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    command = command_line("mtseg.bench", argv)
+    settings = {k: list(v) if isinstance(v, tuple) else v for k, v in vars(args).items() if k != "out"}
+    report = json.dumps({"settings": settings, **FIGURES}, indent=2) + "\n"
+    note = f"\nNote: {args.note}\n" if args.note else ""
+    text = f"# mtseg.bench\n\n`{command}`\n{note}\n```text\n{printed}```\n"
+    atomic_write_bytes(out / "bench.json", lambda tmp: Path(tmp).write_text(report))
+    atomic_write_bytes(out / "bench.md", lambda tmp: Path(tmp).write_text(text))
+    write_provenance(out, command, started, note=args.note, cpu_native_bf16=cpu_has_native_bf16())
 
 
 def peak_rss_gib() -> float:
@@ -237,6 +302,149 @@ def cta_sized_volume(shape: tuple[int, int, int], seed: int = 0) -> tio.Subject:
     )
 
 
+@torch.no_grad()
+def segment_volume_before(net: TriplanarCNN, volume: TriplanarVolume, mask: torch.Tensor | None, channels, slab_voxels: int):
+    """Dense inference as :func:`mtseg.inference.segment_volume` ran before batch-norm folding, bf16, the
+    mask's bounding box and the channels-last features (the unfolded network in fp32, axial, sagittal and
+    coronal features of the whole slab kept in channels-first order): kept to measure the new path against.
+    Returns the label map and the probabilities of ``channels`` (``None``: all)."""
+    r, d = volume.radius, net.depth
+    device = next(net.parameters()).device
+    nx, ny, nz = volume.shape
+    slab = max(1, min(nz, slab_voxels // (nx * ny)))
+    channels = list(range(net.n_classes)) if channels is None else list(channels)
+    labels = torch.empty((nx, ny, nz), dtype=torch.uint8)
+    probabilities = torch.empty((len(channels), nx, ny, nz))
+
+    def stack(slices: torch.Tensor) -> torch.Tensor:
+        slices = slices.to(device)
+        out = torch.empty((len(slices), net.width, slices.shape[1] - 2 * d, slices.shape[2] - 2 * d), device=device)
+        for i in range(0, len(slices), 4):
+            out[i : i + 4] = net.features(slices[i : i + 4, None])
+        return out
+
+    was_training = net.training
+    net.eval()
+    try:
+        for z0 in range(0, nz, slab):
+            z1 = min(z0 + slab, nz)
+            if mask is not None and not mask[..., z0:z1].any():
+                labels[..., z0:z1] = 0
+                for k, c in enumerate(channels):
+                    probabilities[k, ..., z0:z1] = 1.0 if c == 0 else 0.0
+                continue
+            axial = stack(volume.padded[:, :, z0 + r : z1 + r].permute(2, 0, 1))
+            sagittal = stack(volume.padded[r:-r, :, z0 : z1 + 2 * r])
+            coronal = stack(volume.padded[:, r:-r, z0 : z1 + 2 * r].permute(1, 0, 2))
+            logits = torch.stack([
+                net.classify_features(torch.cat([axial[k], sagittal[..., k].transpose(0, 1), coronal[..., k].permute(1, 2, 0)])[None])[0]
+                for k in range(z1 - z0)
+            ], dim=-1).cpu()
+            p = logits.sub_(logits.amax(0, keepdim=True)).exp_()
+            p.div_(p.sum(0, keepdim=True))
+            labels[..., z0:z1] = p.argmax(0).to(torch.uint8)
+            probabilities[..., z0:z1] = p[channels]
+    finally:
+        net.train(was_training)
+    if mask is not None:
+        outside = ~mask.bool()
+        labels[outside] = 0
+        for k, c in enumerate(channels):
+            probabilities[k][outside] = 1.0 if c == 0 else 0.0
+    return labels, probabilities
+
+
+def phantom_brain(shape: tuple[int, int, int], cfg, depth: int, seed: int = 0) -> tuple[TriplanarVolume, torch.Tensor]:
+    """A phantom brain MR of ``shape`` at 1 mm preprocessed as the brain task is (conf/data/brain), padded for
+    ``depth``, and its sampling mask (what ``predict`` segments)."""
+    spec = PhantomSpec("brain", shape, 1.0)
+    image, _, affine = generate_phantom(spec, seed)
+    pre = cfg.data.brain.preprocessing
+    subject = tio.Subject(image=tio.ScalarImage(tensor=torch.from_numpy(image)[None], affine=affine))
+    prepared = build_preprocessing(1.0, pre.threshold, [instantiate(t) for t in pre.intensity])(subject)
+    return TriplanarVolume(prepared["image"].data[0], depth, float(cfg.data.pad_value)), prepared[SAMPLING_MASK].data[0].bool()
+
+
+def brain_network(cfg, checkpoint: str | None, device: torch.device) -> tuple[TriplanarCNN, list[int], str]:
+    """The network the brain section runs: a checkpoint's, or the default config's with random weights and batch-norm
+    statistics of a few random batches; with the channels ``predict`` keeps and a description."""
+    if checkpoint:
+        loaded = load_checkpoint(checkpoint)
+        space = loaded.label_space
+        kept = [space.task_classes(t)[1] for t in space.tasks if thresholded(t)]
+        return loaded.net.to(device).eval(), kept, f"{checkpoint} ({loaded.global_step} steps)"
+    torch.manual_seed(0)
+    net = TriplanarCNN(9, **cfg.model).to(device).train()
+    with torch.no_grad():
+        for _ in range(4):
+            net(torch.rand(64, 3, net.patch_size, net.patch_size, device=device))
+    return net.eval(), [7, 8], "random weights (agreement not representative: pass --brain-checkpoint)"
+
+
+def _brain_in_child(net, volume, mask, channels, path: str, slab_voxels: int, precision: str, device_type: str, results) -> None:
+    net = net.to(device_type)
+    before = peak_rss_gib()
+    start = time.perf_counter()
+    if path == "before":
+        segment_volume_before(net, volume, mask, channels, slab_voxels)
+    else:
+        segment_volume(net, volume, mask, channels, progress=False, slab_voxels=slab_voxels, precision=precision)
+    _synchronize(torch.device(device_type))
+    results.put((time.perf_counter() - start, before, peak_rss_gib()))
+
+
+def brain_memory(net, volume, mask, channels, path: str, slab_voxels: int, precision: str) -> tuple[float, float, float]:
+    """Seconds, peak RSS (GiB) before and after dense inference of the brain in a fresh process (as ``predict``
+    keeps: the label map and ``channels``), by the path before (``"before"``) or the new one (``"new"``)."""
+    context = multiprocessing.get_context("spawn")
+    results = context.Queue()
+    device = next(net.parameters()).device
+    child = context.Process(target=_brain_in_child, args=(copy.deepcopy(net).cpu(), volume, mask, channels, path, slab_voxels, precision,
+                                                          device.type, results))
+    child.start()
+    measured = results.get()
+    child.join()
+    return measured
+
+
+def time_brain(args: argparse.Namespace, cfg, device: torch.device) -> None:
+    """Measurement 7: seconds per brain of dense inference before and after (BN folding, bf16, channels-last
+    features, the mask's bounding box), in this process; the peak memory of each in a fresh process; and how
+    far the new path's labels and probabilities are from the old path's."""
+    shape = tuple(args.brain_shape)
+    net, kept, described = brain_network(cfg, args.brain_checkpoint, device)
+    volume, mask = phantom_brain(shape, cfg, net.depth)
+    precision = conf_defaults("predict.yaml")["precision"]
+    dtype = inference_dtype(precision, device)
+    small = TriplanarVolume(torch.rand(8, 8, 8), net.depth)
+    segment_volume_before(net, small, None, [0], args.slab_voxels)  # warm-up
+    segment_volume(net, small, channels=[0], progress=False, precision=precision)
+    _synchronize(device)
+    start = time.perf_counter()
+    before_labels, before_p = segment_volume_before(net, volume, mask, None, args.slab_voxels)
+    _synchronize(device)
+    before = time.perf_counter() - start
+    start = time.perf_counter()
+    new = segment_volume(net, volume, mask, None, progress=False, slab_voxels=args.slab_voxels, precision=precision)
+    _synchronize(device)
+    after = time.perf_counter() - start
+    same = float((new.labels[mask] == before_labels[mask]).double().mean())
+    difference = float((new.probabilities - before_p).abs().max())
+    del before_p, new
+    memory = {path: brain_memory(net, volume, mask, kept, path, args.slab_voxels, precision) for path in ("before", "new")}
+    print(f"brain {shape} (phantom, {int(mask.sum()):,d} voxels in its mask), depth {net.depth}, {described}:")
+    print(f"  before (unfolded, fp32): {before:.1f} s, peak RSS {memory['before'][2]:.2f} GiB in a fresh process "
+          f"({memory['before'][1]:.2f} GiB before inference, {memory['before'][0]:.1f} s there)")
+    print(f"  new default (folded, precision={precision} -> {str(dtype).removeprefix('torch.')}): {after:.1f} s, {before / after:.2f}x faster, "
+          f"peak RSS {memory['new'][2]:.2f} GiB ({memory['new'][1]:.2f} GiB before inference, {memory['new'][0]:.1f} s there)")
+    print(f"  new against before: same label at {100 * same:.3f} % of the mask's voxels, largest probability difference {difference:.2e}")
+    record("brain_inference", shape=shape, mask_voxels=int(mask.sum()), depth=net.depth, network=described, precision=precision,
+           dtype=str(dtype).removeprefix("torch."), seconds_before=before, seconds_new=after, speedup=before / after,
+           peak_rss_gib_before=memory["before"][2], peak_rss_gib_new=memory["new"][2],
+           rss_before_inference_gib=memory["new"][1], seconds_before_fresh_process=memory["before"][0],
+           seconds_new_fresh_process=memory["new"][0], same_label_percent=100 * same, max_probability_difference=difference)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--refills", type=int, default=5, help="queue fills per task timed for the pipeline")
@@ -249,9 +457,27 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--slab-voxels", type=int, default=conf_defaults("evaluation/whole_image.yaml")["slab_voxels"], help="voxels per slab of dense inference")
     parser.add_argument("--large-shape", type=int, nargs=3, default=None, help="e.g. 256 256 256 (takes minutes on a CPU)")
     parser.add_argument("--inference-only", action="store_true", help="skip the pipeline and training measurements")
+    parser.add_argument("--brain-shape", type=int, nargs=3, default=(181, 217, 181),
+                        help="phantom brain of seconds per brain, before and after (default: %(default)s, 1 mm; minutes on a CPU)")
+    parser.add_argument("--brain-checkpoint", help="network of seconds per brain (default: the config's, random weights)")
+    parser.add_argument("--out", help="also write bench.md, bench.json and provenance.json into this folder")
+    parser.add_argument("--note", help="recorded in provenance.json and bench.md (e.g. what else ran on the machine)")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides of the train config, e.g. model.depth=3 or training.cube=8")
     args = parser.parse_args(argv)
+    started = time.time()
+    FIGURES.clear()
+    printed = _Tee(sys.stdout)
+    with contextlib.redirect_stdout(printed) if args.out else contextlib.nullcontext():
+        measure(args)
+        peak = peak_rss_gib()
+        print(f"peak RSS of the benchmark's process (its fresh child processes aside): {peak:.2f} GiB")
+        record("process", peak_rss_gib=peak)
+    if args.out:
+        write_bench(Path(args.out), printed.getvalue(), args, argv, started)
 
+
+def measure(args: argparse.Namespace) -> None:
+    """Every measurement of the module's docstring, printed and recorded in :data:`FIGURES`."""
     with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
         # training.* overrides are for the dense section (the patch mode has none)
         patch_overrides = [o for o in args.overrides if not o.startswith("training.")]
@@ -259,12 +485,15 @@ def main(argv: list[str] | None = None) -> None:
     tasks = ["brain", "breast", "cta"]
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     print(f"device: {device} ({torch.cuda.get_device_name() if device.type == 'cuda' else f'{torch.get_num_threads()} CPU threads'})")
+    record("device", type=device.type, gpu=torch.cuda.get_device_name() if device.type == "cuda" else None,
+           cpu_threads=torch.get_num_threads())
     if not args.inference_only:
         time_cta_sized_volume(args, cfg, tasks, device)
         reuse_freed_memory()  # from here on as training steps run (mtseg.callbacks.KeepFreedMemory)
         patch_rate = time_pipeline_and_training(args, cfg, tasks, device)
         time_dense_training(args, tasks, device, patch_rate)
     time_inference(args, device)
+    time_brain(args, cfg, device)
 
 
 def time_cta_sized_volume(args: argparse.Namespace, cfg, tasks: list[str], device: torch.device) -> None:
@@ -291,10 +520,13 @@ def time_cta_sized_volume(args: argparse.Namespace, cfg, tasks: list[str], devic
         on_device(volumes, queue.take(per_take), device)
     _synchronize(device)
     rate = -(-n // per_take) * per_take / (time.perf_counter() - start)
+    peak = peak_rss_gib()
     print(
         f"CTA-sized volume {shape}: preprocessing + class index {prepare_seconds:.1f} s once, "
-        f"queue {rate:.1f} samples/s over {args.refills} fills (gathered on {device}), peak RSS of the process so far {peak_rss_gib():.2f} GiB"
+        f"queue {rate:.1f} samples/s over {args.refills} fills (gathered on {device}), peak RSS of the process so far {peak:.2f} GiB"
     )
+    record("cta_sized_volume", shape=shape, preprocessing_seconds=prepare_seconds, queue_samples_per_second=rate,
+           queue_fills=args.refills, peak_rss_gib=peak)
 
 
 def time_pipeline_and_training(args: argparse.Namespace, cfg, tasks: list[str], device: torch.device) -> float:
@@ -304,7 +536,9 @@ def time_pipeline_and_training(args: argparse.Namespace, cfg, tasks: list[str], 
     start = time.perf_counter()
     datamodule.prepare_data()
     datamodule.setup()
-    print(f"phantoms ready and preprocessed in {time.perf_counter() - start:.1f} s")
+    ready = time.perf_counter() - start
+    print(f"phantoms ready and preprocessed in {ready:.1f} s")
+    record("phantoms", ready_seconds=ready)
     batches = iter(datamodule.train_batches())
     queue_cfg = cfg.data.queue
     # a fill stops when the queue is full or every training image has been visited
@@ -321,6 +555,9 @@ def time_pipeline_and_training(args: argparse.Namespace, cfg, tasks: list[str], 
     print(f"of which the host's part, the mini-batches of indices alone:      {indices:9.1f} samples/s")
     print(f"training step (TriplanarCNN, {module.n_params} parameters):      {training:9.1f} samples/s")
     print(f"ratio pipeline / training step: {pipeline / training:.1f}x")
+    record("patch", batch_size=args.batch_size, queue_block=queue_cfg.block, batches=n_batches, queue_fills=args.refills,
+           pipeline_samples_per_second=pipeline, index_samples_per_second=indices, n_params=module.n_params,
+           training_samples_per_second=training, pipeline_over_training=pipeline / training)
 
     return training
 
@@ -345,14 +582,19 @@ def time_dense_training(args: argparse.Namespace, tasks: list[str], device: torc
         f"dense training (training=dense, {per_task} cube(s) of {cube}^3 per task and step): {dense:9.1f} labelled voxels/s, "
         f"{dense / patch_rate:.0f}x the patch mode's {patch_rate:.1f}"
     )
+    record("dense", cube=cube, cubes_per_task=per_task, training_labelled_voxels_per_second=dense,
+           over_patch=dense / patch_rate, patch_training_samples_per_second=patch_rate)
     bf16 = device.type == "cuda" or cpu_has_native_bf16()
     if bf16:  # the demo's precision, where the device computes bf16 natively
         fast = time_training(module, batches, datamodule.gather, args.train_steps, device, bf16=True)
         print(f"dense training in bf16 autocast (trainer.precision=bf16-mixed): {fast:9.1f} labelled voxels/s, "
               f"{fast / dense:.1f}x fp32, {fast / patch_rate:.0f}x the patch mode's fp32")
+        record("dense", bf16_training_labelled_voxels_per_second=fast, bf16_over_fp32=fast / dense, bf16_over_patch=fast / patch_rate)
     print(f"dense pipeline ({n_batches} mini-batches of cubes, gathered on {device}): {pipeline:9.1f} labelled voxels/s, {pipeline / dense:.1f}x the dense step")
     print(f"of which the host's part, the mini-batches of cube positions alone: {cube_rate:9.1f} cubes/s "
           f"({cube_rate / (per_task * len(tasks)):.0f} mini-batches/s)")
+    record("dense", pipeline_batches=n_batches, pipeline_labelled_voxels_per_second=pipeline, pipeline_over_training=pipeline / dense,
+           cube_positions_per_second=cube_rate, index_minibatches_per_second=cube_rate / (per_task * len(tasks)))
     n_cubes = per_task * len(tasks)
     steps = {keep: dense_step_memory(tasks, dict(cfg.model), n_cubes, cube, device, bf16, keep_freed=keep) for keep in (False, True)}
     before, peak, gpu, estimate, seconds = steps[True]
@@ -367,6 +609,9 @@ def time_dense_training(args: argparse.Namespace, tasks: list[str], device: torc
         f"{default_seconds:.3f} s with glibc's defaults (MTSEG_KEEP_FREED_MEMORY=0; peak RSS {default_peak:.2f} GiB): "
         f"{default_seconds / seconds:.2f}x"
     )
+    record("dense_step", bf16=bf16, cubes=n_cubes, cube=cube, peak_rss_gib=peak, rss_before_first_step_gib=before,
+           peak_gpu_memory_gib=gpu, estimate_gib=estimate, seconds=seconds, seconds_glibc_defaults=default_seconds,
+           peak_rss_glibc_defaults_gib=default_peak, glibc_defaults_over_kept=default_seconds / seconds)
 
 
 def time_inference(args: argparse.Namespace, device: torch.device) -> None:
@@ -376,9 +621,12 @@ def time_inference(args: argparse.Namespace, device: torch.device) -> None:
         f"inference on {tuple(args.dense_shape)}: dense {dense:.0f} voxels/s, patch by patch {patches:.1f} voxels/s "
         f"(on {args.patch_voxels} voxels), ratio {dense / patches:.0f}x"
     )
+    record("inference", shape=tuple(args.dense_shape), dense_voxels_per_second=dense, patch_voxels_per_second=patches,
+           patch_voxels=args.patch_voxels, dense_over_patch=dense / patches)
     if args.large_shape:
         rate, peak = time_dense_large(tuple(args.large_shape), args.slab, args.slab_voxels, device)
         print(f"dense inference on {tuple(args.large_shape)}: {rate:.0f} voxels/s, peak RSS {peak:.2f} GiB")
+        record("large_inference", shape=tuple(args.large_shape), dense_voxels_per_second=rate, peak_rss_gib=peak)
 
 
 if __name__ == "__main__":

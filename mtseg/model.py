@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -140,6 +142,21 @@ class TriplanarCNN(nn.Module):
         """Apply the 1×1 head to gathered features ``(N, 3·width, ...)``; returns logits."""
         return self.head(features)
 
+    def folded(self) -> TriplanarCNN:
+        """An eval-mode copy for inference with every batch normalisation folded into the convolution before it.
+
+        In eval mode a batch normalisation is an affine map per channel, ``γ (x - μ) / √(σ² + ε) + β``
+        with its running statistics, so convolution and batch normalisation together are one
+        convolution with weight ``W·s`` and bias ``(b - μ)·s + β``, ``s = γ / √(σ² + ε)``
+        (computed in float64): the same outputs, one pass over each layer's activations fewer.
+        Dropout, the identity in eval mode, is left out. This network is not changed; the copy
+        has no gradients and reflects the parameters as they are now (fold again after a step).
+        """
+        folded = copy.deepcopy(self)
+        folded.features = fold_batchnorm(self.features)
+        folded.head = fold_batchnorm(self.head)
+        return folded.eval().requires_grad_(False)
+
     def forward_cubes_bytes(self, n_cubes: int, cube: int) -> int:
         """Estimated peak memory (bytes) of a training step (forward and backward) on ``n_cubes`` cubes.
 
@@ -194,3 +211,51 @@ class TriplanarCNN(nn.Module):
         )  # planes in the order of forward()
         logits = self.head(gathered.reshape(batch, len(PLANES) * self.width, k, k * k))
         return logits.reshape(batch, self.n_classes, k, k, k)
+
+
+@torch.no_grad()
+def fold_batchnorm(layers: nn.Sequential) -> nn.Sequential:
+    """``layers`` for inference: each convolution followed by a batch normalisation (with running
+    statistics) becomes one convolution with a bias, exact in eval mode (see :meth:`TriplanarCNN.folded`);
+    dropout is left out; every other layer is copied. ``layers`` itself is not changed."""
+    modules = list(layers)
+    out: list[nn.Module] = []
+    index = 0
+    while index < len(modules):
+        module = modules[index]
+        following = modules[index + 1] if index + 1 < len(modules) else None
+        if (
+            isinstance(module, nn.Conv2d)
+            and isinstance(following, nn.BatchNorm2d)
+            and following.running_mean is not None
+            and following.running_var is not None
+        ):
+            out.append(_fold(module, following))
+            index += 2
+            continue
+        if not isinstance(module, nn.Dropout):
+            out.append(copy.deepcopy(module))
+        index += 1
+    return nn.Sequential(*out).eval()
+
+
+def _fold(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
+    weight = conv.weight.detach()
+    scale = (bn.running_var.double() + bn.eps).rsqrt()
+    if bn.weight is not None:
+        scale = scale * bn.weight.detach().double()
+    bias = -bn.running_mean.double() if conv.bias is None else conv.bias.detach().double() - bn.running_mean.double()
+    bias = bias * scale
+    if bn.bias is not None:
+        bias = bias + bn.bias.detach().double()
+    folded = nn.Conv2d(
+        conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, conv.dilation, conv.groups,
+        bias=True, padding_mode=conv.padding_mode, device=weight.device, dtype=weight.dtype,
+    )
+    shape = (-1,) + (1,) * (weight.ndim - 1)
+    folded.weight.copy_((weight.double() * scale.reshape(shape)).to(weight.dtype))
+    folded.bias.copy_(bias.to(weight.dtype))
+    # the convolution's memory format (channels-last weights: TriplanarCNN.__init__)
+    if weight.is_contiguous(memory_format=torch.channels_last):
+        folded.to(memory_format=torch.channels_last)
+    return folded

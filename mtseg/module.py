@@ -165,7 +165,7 @@ class MultiTaskSegmentationModule(L.LightningModule):
         return loss
 
     def validation_step(self, image: HeldOutImage, batch_index: int) -> None:
-        # in fp32 whatever the training precision, so that `mtseg.evaluate` and `predict` (fp32) repeat it
+        # in fp32 whatever the training precision, so that `mtseg.evaluate` and `predict --precision fp32` repeat it
         with torch.autocast(self.device.type, enabled=False):
             self.evaluator.add_volume(
                 self.net, image.task, image.case_id, image.volume, image.reference, image.mask, self.slab_voxels, image.spacing

@@ -37,7 +37,7 @@ from mtseg.checkpoint import LoadedCheckpoint, instantiate_checked, load_checkpo
 from mtseg.data.preprocessing import IMAGE, SAMPLING_MASK, build_preprocessing, negative_fraction
 from mtseg.data.triplanar import TriplanarVolume
 from mtseg.defaults import conf_defaults
-from mtseg.inference import segment_volume
+from mtseg.inference import inference_dtype, segment_volume
 from mtseg.image_input import checked_image, image_name
 from mtseg.nifti import ImageLimits, atomic_write_all, check_outputs, check_writable, check_writable_folder, nifti_writer, to_input_grid
 from mtseg.operating_point import task_labels, thresholded
@@ -166,7 +166,7 @@ class Segmenter:
     Args:
         loaded: The checkpoint (:func:`mtseg.checkpoint.load_checkpoint`).
         device: ``"auto"`` (the GPU when present), ``"cpu"`` or ``"cuda"``.
-        **settings: Any key of ``conf/predict.yaml`` (``slab_voxels``, ``min_dominance``,
+        **settings: Any key of ``conf/predict.yaml`` (``slab_voxels``, ``precision``, ``min_dominance``,
             ``min_plausibility``, ``min_intensity_agreement``, ``min_foreground_percent``) and ``max_voxels``
             (``conf/limits.yaml``); ``None`` keeps the default.
     """
@@ -181,6 +181,7 @@ class Segmenter:
         self.limits = ImageLimits.load(max_voxels=settings.get("max_voxels"))
         self.loaded = loaded
         self.device = select_device(device or self.settings["device"])
+        inference_dtype(self.settings["precision"], self.device)  # an unknown precision is refused here
         self.net = loaded.net.to(self.device)
         self.space = loaded.label_space
         self.spacings = {t: loaded.meta["preprocessing"][t]["spacing"] for t in self.space.tasks}
@@ -306,7 +307,8 @@ class Segmenter:
         volume = TriplanarVolume(prepared[IMAGE].data[0], self.net.depth, float(self.loaded.meta["pad_value"]))
         log.info("Segmenting at %s mm (%s preprocessing), %d x %d x %d voxels",
                  spacing if isinstance(spacing, str) else f"{spacing:.3g}", tasks[0], *volume.shape)
-        segmentation = segment_volume(self.net, volume, mask, channels, progress=None, slab_voxels=self.settings["slab_voxels"])
+        segmentation = segment_volume(self.net, volume, mask, channels, progress=None, slab_voxels=self.settings["slab_voxels"],
+                                      precision=self.settings["precision"])
         counts = torch.bincount(segmentation.labels.flatten(), minlength=self.space.n_classes)
         per_task = {t: int(counts[self.space.task_classes(t)[1:]].sum()) for t in self.space.tasks}
         kept = {} if segmentation.probabilities is None else dict(zip(segmentation.channels, segmentation.probabilities))

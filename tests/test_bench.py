@@ -15,7 +15,8 @@ def test_bench_reports_pipeline_training_modes_and_inference(tmp_path):
     ]
     command = [
         sys.executable, "-m", "mtseg.bench", "--refills", "1", "--train-steps", "1", "--batch-size", "12",
-        "--cta-shape", "24", "24", "24", "--dense-shape", "8", "8", "8", "--patch-voxels", "8", *overrides,
+        "--cta-shape", "24", "24", "24", "--dense-shape", "8", "8", "8", "--patch-voxels", "8", "--brain-shape", "24", "24", "24",
+        *overrides,
     ]
     env = os.environ | {"MTSEG_DATA_DIR": str(tmp_path / "data"), "WANDB_MODE": "disabled"}
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
