@@ -74,7 +74,7 @@ FRACTION = Rule(float, low=0, high=1)
 #: settings in patch mode, are not checked).
 TRAIN_RULES: dict[str, Rule] = {
     "seed": Rule(int, low=0),
-    "progress_every_seconds": POSITIVE,
+    "progress_every_seconds": Rule(float, low=0),  # 0: a line at every step
     "optimizer.lr": POSITIVE,
     "optimizer.betas": Rule(float, low=0, high=1, high_open=True, pair=True),
     "optimizer.warmup": Rule(float, low=0, high=1, high_open=True),

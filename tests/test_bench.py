@@ -15,7 +15,7 @@ def test_bench_reports_pipeline_training_modes_and_inference(tmp_path):
     ]
     command = [
         sys.executable, "-m", "mtseg.bench", "--refills", "1", "--train-steps", "1", "--batch-size", "12",
-        "--cta-shape", "24", "24", "24", "--dense-shape", "8", "8", "8", "--patch-voxels", "8", "--brain-shape", "24", "24", "24",
+        "--cta-shape", "24", "24", "24", "--dense-shape", "8", "8", "8", "--patch-voxels", "8", "--brain-shape", "32", "32", "32",
         *overrides,
     ]
     env = os.environ | {"MTSEG_DATA_DIR": str(tmp_path / "data"), "WANDB_MODE": "disabled"}
@@ -41,3 +41,9 @@ def test_bench_reports_pipeline_training_modes_and_inference(tmp_path):
     assert reuse and float(reuse.group(1)) > 0 and float(reuse.group(2)) > 0 and float(reuse.group(3)) > 0
     assert float(reuse.group(4)) > 0
     assert re.search(r"inference on \(8, 8, 8\): dense \d+ voxels/s", out)
+    # seconds per brain before (unfolded, fp32) and after (the default path) in one run, and how far the labels agree
+    assert re.search(r"brain \(32, 32, 32\) \(phantom, [\d,]+ voxels in its mask\)", out)
+    before = re.search(r"before \(unfolded, fp32\): ([\d.]+) s, peak RSS ([\d.]+) GiB", out)
+    after = re.search(r"new default \(folded, precision=\w+ -> \w+\): ([\d.]+) s, ([\d.]+)x faster", out)
+    agreement = re.search(r"new against before: same label at ([\d.]+) % of the mask's voxels", out)
+    assert before and after and agreement and 0 <= float(agreement.group(1)) <= 100
