@@ -11,18 +11,8 @@ from mtseg.inference import (
 from mtseg.model import RenormBatchNorm2d, TriplanarCNN
 
 
-@pytest.fixture
-def net():
-    torch.manual_seed(0)
-    model = TriplanarCNN(4, depth=3, width=6, fc_width=10)
-    # non-trivial batch-norm statistics and affine parameters: eval mode is far from the identity
-    for module in model.modules():
-        if isinstance(module, torch.nn.BatchNorm2d):
-            module.running_mean.uniform_(-0.5, 0.5)
-            module.running_var.uniform_(0.2, 3.0)
-            module.weight.data.uniform_(0.5, 1.5)
-            module.bias.data.uniform_(-0.2, 0.2)
-    return model
+# a depth-3 network with non-trivial batch-norm statistics and affine parameters (eval mode far from the identity)
+from test_inference import net  # noqa: E402,F401 (fixture)
 
 
 def state(model):
