@@ -118,7 +118,7 @@ class SaveOnSigterm(L.Callback):
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         if isinstance(exception, SIGTERMException):
-            trainer.save_checkpoint(self.path, weights_only=False)  # all a resume needs (optimiser, sampling state)
+            trainer.save_checkpoint(self.path)  # the full checkpoint: all a resume needs (optimiser, sampling state)
 
 
 def overlay_masks(reference: np.ndarray, prediction: np.ndarray, task: str) -> dict:

@@ -35,12 +35,22 @@ class _DropTips(logging.Filter):
         return "Tip:" not in record.getMessage()
 
 
+class _DropFullCheckpointNotice(logging.Filter):
+    """Lightning announces that a checkpoint it saves holds more than the weights (its ``weights_only`` saving
+    option, unrelated to loading): mtseg always saves full checkpoints, for exact resume, and loads every file
+    with ``torch.load(weights_only=True)`` (:func:`mtseg.checkpoint.load_checkpoint`)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "was not set, defaulting to" not in record.getMessage()
+
+
 def quiet_libraries() -> None:
     """Silence :data:`LIBRARY_NOTICES` and Lightning's advertising tips for this process."""
     for message in LIBRARY_NOTICES:
         warnings.filterwarnings("ignore", message=message)
     for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
         logging.getLogger(name).addFilter(_DropTips())
+    logging.getLogger("lightning.pytorch.trainer.connectors.checkpoint_connector").addFilter(_DropFullCheckpointNotice())
 
 
 class WandbLogger(LightningWandbLogger):

@@ -244,8 +244,8 @@ def train(cfg: DictConfig) -> dict:
             trainer.fit(module, datamodule=datamodule, ckpt_path=None if resume is None else resume.path, weights_only=True)
             if trainer.global_step % val_every:  # the schedule did not end on an evaluation
                 trainer.validate(module, datamodule=datamodule, verbose=False)
-                trainer.save_checkpoint(checkpoints / f"step{trainer.global_step:07d}.ckpt", weights_only=False)
-                trainer.save_checkpoint(checkpoints / "last.ckpt", weights_only=False)
+                trainer.save_checkpoint(checkpoints / f"step{trainer.global_step:07d}.ckpt")
+                trainer.save_checkpoint(checkpoints / "last.ckpt")
         except SIGTERMException:  # SaveOnSigterm wrote last.ckpt (Lightning's SIGTERMException exits with status 0)
             print(
                 f"Stopped by SIGTERM at step {trainer.global_step} of {steps}; saved {checkpoints / 'last.ckpt'}. "

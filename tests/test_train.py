@@ -89,7 +89,7 @@ def test_train_writes_the_run_directory(tiny_run):
     last = {(r["task"], r["class"]): float(r["dice"]) for r in rows if r["step"] == "12"}
     assert last[("cta", "coronary_arteries")] == pytest.approx(summary["dice"]["cta"]["coronary_arteries"])
 
-    checkpoint = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False, map_location="cpu")
+    checkpoint = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True, map_location="cpu")
     assert checkpoint["global_step"] == 12
     meta = checkpoint[CHECKPOINT_KEY]
     assert meta["class_names"] == summary["class_names"]
@@ -181,7 +181,7 @@ def test_a_final_evaluation_runs_when_the_schedule_ends_between_evaluations(tmp_
     assert steps == [2, 3]
     checkpoints = tmp_path / "run" / "checkpoints"
     assert sorted(p.name for p in checkpoints.iterdir()) == ["last.ckpt", "step0000002.ckpt", "step0000003.ckpt"]
-    assert torch.load(checkpoints / "last.ckpt", weights_only=False)["global_step"] == 3
+    assert torch.load(checkpoints / "last.ckpt", weights_only=True)["global_step"] == 3
 
 
 def learning_curve(run: Path) -> list[tuple]:
@@ -212,7 +212,7 @@ def test_dense_training_is_reproducible_and_its_checkpoint_is_evaluated_like_any
     # dense steps hold a cube of every task: 4 mini-batches per task are 4 steps, evaluated at 2 and 4
     assert summary["training"]["mode"] == "dense" and summary["steps"] == 4 and summary["minibatches_per_task"] == 4
     assert sorted({int(step) for step, *_ in curves[0]}) == [2, 4]
-    checkpoint = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False, map_location="cpu")
+    checkpoint = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True, map_location="cpu")
     assert checkpoint[CHECKPOINT_KEY]["training"]["cube"] == 6
     # the learning rate followed the schedule: one warm-up step, then a cosine that ends at 0 after step 4
     (schedule,) = checkpoint["lr_schedulers"]
@@ -344,7 +344,7 @@ def test_a_compiled_stack_trains_and_saves_the_same_checkpoint_keys(tmp_path):
     common = ["+experiment=breast", "schedule.minibatches_per_task=2", "schedule.eval_every=2", "logger=none"]
     run_train(tmp_path, *common, "hydra.run.dir=" + str(plain))
     run_train(tmp_path, *common, "compile=true", "hydra.run.dir=" + str(compiled))
-    states = [torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"] for run in (plain, compiled)]
+    states = [torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"] for run in (plain, compiled)]
     assert list(states[0]) == list(states[1])  # compiled in place: evaluate, predict and resume read it as any other
     dice = [json.loads((run / "summary.json").read_text())["dice"]["breast"]["pectoral_muscle"] for run in (plain, compiled)]
     assert dice[1] == pytest.approx(dice[0], abs=0.05)  # the same training; compiled kernels round differently
