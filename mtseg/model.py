@@ -248,13 +248,16 @@ def _fold(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
     bias = bias * scale
     if bn.bias is not None:
         bias = bias + bn.bias.detach().double()
-    folded = nn.Conv2d(
-        conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, conv.dilation, conv.groups,
-        bias=True, padding_mode=conv.padding_mode, device=weight.device, dtype=weight.dtype,
+    # skip_init: no random initialisation, which would draw from the global generator and so change
+    # the dropout masks and sampling of a training run that evaluates in between
+    folded = nn.utils.skip_init(
+        nn.Conv2d, conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, conv.dilation,
+        conv.groups, bias=True, padding_mode=conv.padding_mode, device=weight.device, dtype=weight.dtype,
     )
     shape = (-1,) + (1,) * (weight.ndim - 1)
-    folded.weight.copy_((weight.double() * scale.reshape(shape)).to(weight.dtype))
-    folded.bias.copy_(bias.to(weight.dtype))
+    with torch.no_grad():
+        folded.weight.copy_((weight.double() * scale.reshape(shape)).to(weight.dtype))
+        folded.bias.copy_(bias.to(weight.dtype))
     # the convolution's memory format (channels-last weights: TriplanarCNN.__init__)
     if weight.is_contiguous(memory_format=torch.channels_last):
         folded.to(memory_format=torch.channels_last)

@@ -46,6 +46,20 @@ def test_dense_inference_with_folding_equals_the_unfolded_network_patch_by_patch
     assert sum(isinstance(m, RenormBatchNorm2d) for m in net.modules()) == net.depth + 2
 
 
+def test_inference_draws_nothing_from_the_global_random_generator(net):
+    """A training run evaluates between steps: inference that drew random numbers (e.g. by initialising the
+    folded convolutions) would change every later dropout mask and sample, so a run's table would depend on
+    how inference is implemented."""
+    volume = TriplanarVolume(torch.randn(9, 8, 7), radius=3)
+    mask = torch.zeros(9, 8, 7, dtype=torch.bool)
+    mask[2:7, 1:6, 1:5] = True
+    for precision in ("fp32", "bf16"):
+        before = torch.get_rng_state()
+        segment_volume(net, volume, mask, channels=(0, 2), slab=2, precision=precision)
+        net.folded()
+        assert torch.equal(torch.get_rng_state(), before), precision
+
+
 def test_the_folded_copy_follows_the_network_after_a_training_step(net):
     volume = TriplanarVolume(torch.randn(7, 7, 6), radius=3)
     first = dense_probabilities(net, volume)
