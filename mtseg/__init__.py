@@ -1,6 +1,6 @@
 """mtseg: one triplanar CNN for multi-task segmentation in multiple modalities (Moeskops et al., 2016).
 
-``from mtseg import Segmenter``: the Python API for segmenting scans (:mod:`mtseg.segmenter`).
+``from mtseg import Segmenter``: the Python API for segmenting scans (:mod:`mtseg.inference.segmenter`).
 """
 
 from pathlib import Path
@@ -12,7 +12,7 @@ CONFIG_DIR = Path(__file__).resolve().parent.parent / "conf"
 def __getattr__(name: str):
     # imported on first use, so `import mtseg` (and every entry point) stays light
     if name == "Segmenter":
-        from mtseg.segmenter import Segmenter
+        from mtseg.inference.segmenter import Segmenter
 
         return Segmenter
     raise AttributeError(f"module 'mtseg' has no attribute {name!r}")

@@ -13,7 +13,7 @@
    (``training=dense``: cubes at the settings of ``conf/training/dense.yaml``) against the
    paper's patch mode, same network, same phantoms; the dense pipeline's rate against its
    step; and the peak memory and seconds of dense training steps in a fresh process, with
-   freed memory kept for reuse (as training runs, :mod:`mtseg.cpu_allocator`)
+   freed memory kept for reuse (as training runs, :mod:`mtseg.runtime.cpu_allocator`)
    and with glibc's defaults (the CTA-sized volume of 4. is measured first, with glibc's
    defaults, as training prepares its data; the rest as training steps run);
 6. dense whole-volume inference versus patch-by-patch inference of the paper-sized
@@ -29,7 +29,7 @@
 It ends with the peak resident memory of its own process (the fresh child processes aside).
 With ``--out DIR`` it also writes ``DIR/bench.md`` (what it printed), ``DIR/bench.json`` (every
 figure printed, by section and name, and the settings; see :data:`FIGURES`) and
-``DIR/provenance.json`` (:mod:`mtseg.provenance`: commit, command, machine, date, ``--note``).
+``DIR/provenance.json`` (:mod:`mtseg.runtime.provenance`: commit, command, machine, date, ``--note``).
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ from mtseg import CONFIG_DIR
 from omegaconf import OmegaConf
 
 from mtseg.checkpoint import load_checkpoint
-from mtseg.cpu_allocator import reuse_freed_memory
+from mtseg.runtime.cpu_allocator import reuse_freed_memory
 from mtseg.data.cube_sampling import IGNORE
 from mtseg.data.datamodule import MultiTaskDataModule, prepare_subject, sampling_queue
 from mtseg.data.phantoms import PhantomSpec, generate_phantom
@@ -64,12 +64,12 @@ from mtseg.data.sampling import NUM_SAMPLES, ClassBalancedTriplanarSampler
 from mtseg.data.training_volumes import TrainingVolumes
 from mtseg.data.triplanar import TriplanarVolume
 from mtseg.defaults import conf_defaults
-from mtseg.inference import dense_probabilities, inference_dtype, patch_probabilities, segment_volume
+from mtseg.inference.dense import dense_probabilities, inference_dtype, patch_probabilities, segment_volume
 from mtseg.model import TriplanarCNN
-from mtseg.module import MultiTaskSegmentationModule, cpu_has_native_bf16
+from mtseg.training.module import MultiTaskSegmentationModule, cpu_has_native_bf16
 from mtseg.nifti import atomic_write_bytes
-from mtseg.operating_point import thresholded
-from mtseg.provenance import command_line, write_provenance
+from mtseg.evaluation.operating_point import thresholded
+from mtseg.runtime.provenance import command_line, write_provenance
 
 
 #: Dense training steps timed in a fresh process (after one warm-up step).
@@ -218,7 +218,7 @@ def _dense_step_in_child(tasks: list[str], model: dict, n_cubes: int, cube: int,
 def dense_step_memory(tasks: list[str], model: dict, n_cubes: int, cube: int, device: torch.device, bf16: bool = False,
                       keep_freed: bool = True) -> tuple:
     """A fresh process's dense training steps: peak RSS (GiB) before and after, peak GPU memory, the
-    estimate, and seconds per step; ``keep_freed`` as training runs (:mod:`mtseg.cpu_allocator`) or not."""
+    estimate, and seconds per step; ``keep_freed`` as training runs (:mod:`mtseg.runtime.cpu_allocator`) or not."""
     context = multiprocessing.get_context("spawn")
     results = context.Queue()
     child = context.Process(target=_dense_step_in_child, args=(tasks, model, n_cubes, cube, device.type, bf16, keep_freed, results))
@@ -304,7 +304,7 @@ def cta_sized_volume(shape: tuple[int, int, int], seed: int = 0) -> tio.Subject:
 
 @torch.no_grad()
 def segment_volume_before(net: TriplanarCNN, volume: TriplanarVolume, mask: torch.Tensor | None, channels, slab_voxels: int):
-    """Dense inference as :func:`mtseg.inference.segment_volume` ran before batch-norm folding, bf16, the
+    """Dense inference as :func:`mtseg.inference.dense.segment_volume` ran before batch-norm folding, bf16, the
     mask's bounding box and the channels-last features (the unfolded network in fp32, axial, sagittal and
     coronal features of the whole slab kept in channels-first order): kept to measure the new path against.
     Returns the label map and the probabilities of ``channels`` (``None``: all)."""
@@ -489,7 +489,7 @@ def measure(args: argparse.Namespace) -> None:
            cpu_threads=torch.get_num_threads())
     if not args.inference_only:
         time_cta_sized_volume(args, cfg, tasks, device)
-        reuse_freed_memory()  # from here on as training steps run (mtseg.callbacks.KeepFreedMemory)
+        reuse_freed_memory()  # from here on as training steps run (mtseg.training.callbacks.KeepFreedMemory)
         patch_rate = time_pipeline_and_training(args, cfg, tasks, device)
         time_dense_training(args, tasks, device, patch_rate)
     time_inference(args, device)

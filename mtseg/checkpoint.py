@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from mtseg.module import CHECKPOINT_KEY, MultiTaskSegmentationModule
+from mtseg.training.module import CHECKPOINT_KEY, MultiTaskSegmentationModule
 from mtseg.nifti import existing_file
 from mtseg.tasks import LabelSpace
 

@@ -23,9 +23,9 @@ from omegaconf import DictConfig, OmegaConf
 from mtseg.checkpoint import LoadedCheckpoint, load_checkpoint, select_device, test_datamodule, thresholds_path
 from mtseg.data.datamodule import HeldOutImage
 from mtseg.data.preprocessing import IMAGE, LABEL
-from mtseg.evaluation import EvaluationResult, WholeImageEvaluator
+from mtseg.evaluation.whole_image import EvaluationResult, WholeImageEvaluator
 from mtseg.nifti import atomic_write_bytes, check_outputs, read_image, to_input_grid, write_like
-from mtseg.signals import SIGTERM_EXIT, Terminated, sigterm_raises
+from mtseg.runtime.signals import SIGTERM_EXIT, Terminated, sigterm_raises
 
 log = logging.getLogger(__name__)
 #: Whether the output folder existed before Hydra made it for this call (set when run as a command).

@@ -6,7 +6,7 @@
 ``multitask_vs_single.md`` (|Dice(multi-task) − Dice(single-task)| per class beside the
 spread over seeds of the single-task experiment) when a single-task run is among them;
 ``results.json``, the table's numbers by JSON pointer (:func:`results_json`), and
-``provenance.json`` (:mod:`mtseg.provenance`: commit, command, machine, date).
+``provenance.json`` (:mod:`mtseg.runtime.provenance`: commit, command, machine, date).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import matplotlib
 import yaml
 
 from mtseg.nifti import atomic_write_bytes, check_writable_folder
-from mtseg.plots import (
+from mtseg.evaluation.plots import (
     RunRecord,
     find_runs,
     multitask_comparison,
@@ -32,7 +32,7 @@ from mtseg.plots import (
     results_frame,
     segmentation_panels,
 )
-from mtseg.provenance import command_line, write_provenance
+from mtseg.runtime.provenance import command_line, write_provenance
 
 #: Keys of a task in ``results.json`` that are not classes.
 TASK_KEYS = ("mean", "median_dice", "mean_hd95_mm", "mean_assd_mm", "threshold", "pooled_dice", "confusion_median_percent")
@@ -52,7 +52,7 @@ def _mean(values) -> float | None:
 
 
 def _run_results(rows: list[dict]) -> dict:
-    """One run's evaluation rows (:func:`mtseg.evaluation.results_table`) as ``{task: {...}}`` and its ``mean``."""
+    """One run's evaluation rows (:func:`mtseg.evaluation.whole_image.results_table`) as ``{task: {...}}`` and its ``mean``."""
     tasks: dict[str, dict] = {}
     for row in rows:
         task = tasks.setdefault(row["task"], {"median_dice": {}})
@@ -95,7 +95,7 @@ def results_json(runs: list[RunRecord], comparison=None) -> dict:
     as ``{task: {class: {"single_task_dice", "seed_spread", "abs_diff_exp_<N>", ..., "max_abs_diff"}}}``.
     Where a number is missing (NaN), null. Example pointer: ``/brain_breast_cta/brain/white_matter``.
     """
-    from mtseg.evaluation import results_table
+    from mtseg.evaluation.whole_image import results_table
 
     experiments: dict[str, dict] = {}
     for run in runs:

@@ -1,6 +1,6 @@
 """One command that measures mtseg on a GPU: ``make gpu-check`` (``python -m mtseg.gpu_check``).
 
-Writes ``gpu_check.json``, ``gpu_check.md`` and ``provenance.json`` (:mod:`mtseg.provenance`:
+Writes ``gpu_check.json``, ``gpu_check.md`` and ``provenance.json`` (:mod:`mtseg.runtime.provenance`:
 commit, command, machine, date) into ``--out``, with:
 
 1. the device and the versions of Python, torch, CUDA and Lightning;
@@ -41,9 +41,9 @@ import torch
 
 from mtseg.data.triplanar import TriplanarVolume
 from mtseg.defaults import conf_defaults
-from mtseg.inference import segment_volume
-from mtseg.module import MultiTaskSegmentationModule
-from mtseg.provenance import command_line, write_provenance
+from mtseg.inference.dense import segment_volume
+from mtseg.training.module import MultiTaskSegmentationModule
+from mtseg.runtime.provenance import command_line, write_provenance
 from mtseg.tasks import EXPERIMENTS, LabelSpace, experiment_tasks
 
 

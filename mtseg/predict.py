@@ -6,7 +6,7 @@ Writes ``OUT.nii.gz`` (the task's labels on the input's exact grid), ``OUT.json`
 (recognised task, dominance, confidence, threshold, label names, voxel counts) and, with
 ``--probabilities DIR``, one float32 map per output class. Everything is checked before the
 network runs, and written atomically: nothing partial is left on an error or a signal, and
-no output ever replaces an input. See :mod:`mtseg.segmenter` and :mod:`mtseg.recognition`.
+no output ever replaces an input. See :mod:`mtseg.inference.segmenter` and :mod:`mtseg.inference.recognition`.
 """
 
 from __future__ import annotations
@@ -17,15 +17,15 @@ import sys
 from pathlib import Path
 
 from mtseg.checkpoint import select_device
-from mtseg.inference import PRECISIONS
+from mtseg.inference.dense import PRECISIONS
 from mtseg.nifti import ImageLimits, check_outputs, check_writable, read_image
-from mtseg.segmenter import Segmenter, default_settings, sidecar_path
+from mtseg.inference.segmenter import Segmenter, default_settings, sidecar_path
 from mtseg.settings import PREDICT_RULES, check_settings
-from mtseg.signals import SIGTERM_EXIT, Terminated, sigterm_raises
+from mtseg.runtime.signals import SIGTERM_EXIT, Terminated, sigterm_raises
 
 
 def predict(args: argparse.Namespace):
-    """Check the arguments and inputs, segment ``args.input``, write the outputs; returns the :class:`~mtseg.segmenter.Segmentation`."""
+    """Check the arguments and inputs, segment ``args.input``, write the outputs; returns the :class:`~mtseg.inference.segmenter.Segmentation`."""
     settings = {k: getattr(args, k) for k in PREDICT_RULES}
     check_settings(settings, PREDICT_RULES, spell=lambda key: "--" + key.replace("_", "-"))
     select_device(args.device)  # a name it does not know, or cuda without a GPU: refused before anything is read

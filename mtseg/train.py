@@ -35,18 +35,18 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
-from mtseg.baseline import intensity_baseline_dice
-from mtseg.callbacks import METRICS_COLUMNS, DiceCSVWriter, EvaluationTimer, KeepFreedMemory, SaveOnSigterm, WandbSegmentationOverlays
+from mtseg.evaluation.baseline import intensity_baseline_dice
+from mtseg.training.callbacks import METRICS_COLUMNS, DiceCSVWriter, EvaluationTimer, KeepFreedMemory, SaveOnSigterm, WandbSegmentationOverlays
 from mtseg.checkpoint import LoadedCheckpoint, load_checkpoint
-from mtseg.console import LineProgress, quiet_libraries
-from mtseg.experiment_configs import register_experiment_configs
-from mtseg.evaluation import results_table
-from mtseg.module import MultiTaskSegmentationModule, cpu_has_native_bf16
+from mtseg.runtime.console import LineProgress, quiet_libraries
+from mtseg.training.experiment_configs import register_experiment_configs
+from mtseg.evaluation.whole_image import results_table
+from mtseg.training.module import MultiTaskSegmentationModule, cpu_has_native_bf16
 from mtseg.nifti import atomic_write_bytes
-from mtseg.run_folder import remove_refused_run
+from mtseg.training.run_folder import remove_refused_run
 from mtseg.settings import TRAIN_RULES, check_settings, config_values
-from mtseg.signals import SIGTERM_EXIT
-from mtseg.summary import dice_table, write_summary
+from mtseg.runtime.signals import SIGTERM_EXIT
+from mtseg.training.summary import dice_table, write_summary
 from mtseg.tasks import experiment_tasks
 
 log = logging.getLogger(__name__)

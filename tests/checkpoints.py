@@ -2,7 +2,7 @@
 
 import torch
 
-from mtseg.module import CHECKPOINT_KEY, MultiTaskSegmentationModule
+from mtseg.training.module import CHECKPOINT_KEY, MultiTaskSegmentationModule
 
 MRI = {"spacing": 1.0, "threshold": 0.0, "intensity": [
     {"_target_": "torchio.RescaleIntensity", "out_min_max": [0.0, 1.0], "percentiles": [0.5, 99.5]}]}

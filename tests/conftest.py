@@ -2,10 +2,10 @@
 
 import pytest
 
-from mtseg.experiment_configs import register_experiment_configs
+from mtseg.training.experiment_configs import register_experiment_configs
 
 
 @pytest.fixture(autouse=True, scope="session")
 def experiment_configs():
-    """``+experiment=<name>`` in the tests' own Hydra compositions (mtseg/experiment_configs.py)."""
+    """``+experiment=<name>`` in the tests' own Hydra compositions (mtseg/training/experiment_configs.py)."""
     register_experiment_configs()

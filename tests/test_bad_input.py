@@ -231,9 +231,9 @@ def test_a_working_grid_above_the_limit_is_refused(tmp_path, network, capsys):
 
 
 def test_sigterm_while_writing_probability_maps_leaves_nothing(tmp_path, network, scan, capsys, monkeypatch):
-    import mtseg.segmenter
+    import mtseg.inference.segmenter
 
-    real, calls = mtseg.segmenter.nifti_writer, []
+    real, calls = mtseg.inference.segmenter.nifti_writer, []
 
     def writer_then_terminate(*args, **kwargs):
         write = real(*args, **kwargs)
@@ -246,7 +246,7 @@ def test_sigterm_while_writing_probability_maps_leaves_nothing(tmp_path, network
 
         return write_and_count
 
-    monkeypatch.setattr(mtseg.segmenter, "nifti_writer", writer_then_terminate)
+    monkeypatch.setattr(mtseg.inference.segmenter, "nifti_writer", writer_then_terminate)
     maps = tmp_path / "maps"
     err = refused(tmp_path, capsys, "--checkpoint", network, "--input", scan, "--output", tmp_path / "seg.nii.gz",
                   "--probabilities", maps, code=143)

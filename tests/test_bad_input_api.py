@@ -237,6 +237,6 @@ def test_the_rules_cover_the_numbers_of_the_configs():
     assert not missing
     check_settings(config_values(patch, TRAIN_RULES), TRAIN_RULES)  # the defaults pass their own rules
     check_settings(config_values(dense, TRAIN_RULES), TRAIN_RULES)
-    from mtseg.segmenter import default_settings
+    from mtseg.inference.segmenter import default_settings
 
     assert set(PREDICT_RULES) - {"max_voxels"} <= set(default_settings())

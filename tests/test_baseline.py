@@ -2,8 +2,8 @@ import numpy as np
 import torch
 import pytest
 
-from mtseg.baseline import IntensityClassifier
-from mtseg.metrics import dice_scores
+from mtseg.evaluation.baseline import IntensityClassifier
+from mtseg.evaluation.metrics import dice_scores
 
 
 def dice_per_class(prediction, reference, n_classes):
@@ -102,7 +102,7 @@ def test_bad_inputs_raise():
 
 
 def test_baseline_of_a_data_module_scores_whole_held_out_images():
-    from mtseg.baseline import intensity_baseline_dice
+    from mtseg.evaluation.baseline import intensity_baseline_dice
     from toydata import toy_datamodule
 
     separable = toy_datamodule(["brain", "cta"], separable=True)

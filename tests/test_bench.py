@@ -31,7 +31,7 @@ def test_bench_reports_pipeline_training_modes_and_inference(tmp_path):
     dense = re.search(r"dense training \(training=dense, 1 cube\(s\) of 4\^3 per task and step\): +([\d.]+) labelled voxels/s, (\d+)x the patch mode's ([\d.]+)", out)
     assert dense and float(dense.group(1)) > 0 and float(dense.group(3)) > 0
     assert re.search(r"dense pipeline .*: +[\d.]+ labelled voxels/s, [\d.]+x the dense step", out)
-    from mtseg.module import cpu_has_native_bf16
+    from mtseg.training.module import cpu_has_native_bf16
     if cpu_has_native_bf16():  # the demo's precision is measured where the CPU computes bf16 natively
         assert re.search(r"dense training in bf16 autocast .*: +[\d.]+ labelled voxels/s, [\d.]+x fp32", out)
     memory = re.search(r"dense training step(?: in bf16)? on 3 cubes of 4\^3: peak RSS ([\d.]+) GiB \(([\d.]+) GiB before the first step\)", out)

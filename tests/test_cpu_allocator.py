@@ -21,8 +21,8 @@ PAGES = sum(SIZES_MIB) * 2**20 // 4096
 PROBE = f"""
 import resource, sys
 import torch
-from mtseg.callbacks import KeepFreedMemory
-from mtseg.cpu_allocator import reuse_freed_memory
+from mtseg.training.callbacks import KeepFreedMemory
+from mtseg.runtime.cpu_allocator import reuse_freed_memory
 if sys.argv[1] == "callback":
     KeepFreedMemory().on_train_start(None, None)  # what training does when its steps start
 took = reuse_freed_memory()

@@ -9,9 +9,9 @@ from mtseg.data.preprocessing import build_preprocessing
 from mtseg.data.sampling import CLASS_INDEX, NOT_ELIGIBLE, VOLUME
 from mtseg.data.training_volumes import TrainingVolumes
 from mtseg.data.triplanar import TriplanarVolume
-from mtseg.dense_loss import dense_loss, dense_loss_weights
+from mtseg.training.cube_loss import dense_loss, dense_loss_weights
 from mtseg.model import TriplanarCNN
-from mtseg.module import MultiTaskSegmentationModule
+from mtseg.training.module import MultiTaskSegmentationModule
 from mtseg.tasks import LabelSpace
 from toydata import RADIUS, cube_context, toy_datamodule, toy_subject
 

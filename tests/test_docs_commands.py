@@ -259,7 +259,7 @@ def compose_problems(config: str, overrides: list[str], multirun: bool) -> list[
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     from mtseg import CONFIG_DIR
-    from mtseg.experiment_configs import register_experiment_configs
+    from mtseg.training.experiment_configs import register_experiment_configs
 
     register_experiment_configs()
     kept = []

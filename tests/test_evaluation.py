@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
-from mtseg.evaluation import WholeImageEvaluator, results_table
-from mtseg.metrics import dice_scores
+from mtseg.evaluation.whole_image import WholeImageEvaluator, results_table
+from mtseg.evaluation.metrics import dice_scores
 from mtseg.tasks import LabelSpace
 
 

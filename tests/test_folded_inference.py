@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from mtseg.data.triplanar import TriplanarVolume
-from mtseg.inference import (
+from mtseg.inference.dense import (
     PRECISIONS, dense_probabilities, inference_dtype, inference_network, native_bf16, patch_probabilities, segment_volume,
 )
 from mtseg.model import RenormBatchNorm2d, TriplanarCNN
@@ -113,11 +113,11 @@ def test_bf16_is_close_to_fp32_and_precision_is_checked(net):
 
 
 def test_slabs_from_slab_voxels_have_equal_thickness_and_the_same_result(net, monkeypatch):
-    import mtseg.inference
+    import mtseg.inference.dense
 
     boxes = []
-    segment_box = mtseg.inference._segment_box
-    monkeypatch.setattr(mtseg.inference, "_segment_box", lambda n, v, box, *a: boxes.append(box) or segment_box(n, v, box, *a))
+    segment_box = mtseg.inference.dense._segment_box
+    monkeypatch.setattr(mtseg.inference.dense, "_segment_box", lambda n, v, box, *a: boxes.append(box) or segment_box(n, v, box, *a))
     volume = TriplanarVolume(torch.randn(6, 5, 11), radius=3)
     whole = dense_probabilities(net, volume, slab=11)
     assert boxes == [(0, 6, 0, 5, 0, 11)]

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from mtseg.data.triplanar import TriplanarVolume
-from mtseg.inference import dense_probabilities, patch_probabilities
+from mtseg.inference.dense import dense_probabilities, patch_probabilities
 from mtseg.model import TriplanarCNN
 
 
@@ -46,7 +46,7 @@ def test_volume_padding_must_match_the_network(net):
 
 
 def test_segment_volume_keeps_labels_and_requested_channels_inside_the_mask(net):
-    from mtseg.inference import segment_volume
+    from mtseg.inference.dense import segment_volume
 
     volume = TriplanarVolume(torch.randn(9, 8, 7), radius=3)
     full = dense_probabilities(net, volume)

@@ -6,7 +6,7 @@ import torch
 from monai.metrics import compute_dice
 from torchmetrics.functional.classification import binary_precision_recall_curve
 
-from mtseg.metrics import PooledPRCurve, dice_scores
+from mtseg.evaluation.metrics import PooledPRCurve, dice_scores
 
 
 def numpy_dice(reference: np.ndarray, prediction: np.ndarray, n_classes: int) -> np.ndarray:

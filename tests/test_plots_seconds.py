@@ -3,7 +3,7 @@
 import pandas as pd
 import pytest
 
-from mtseg.plots import RunRecord, plot_dice_against_seconds
+from mtseg.evaluation.plots import RunRecord, plot_dice_against_seconds
 
 
 def _run(mode: str, seconds: list[float] | None) -> RunRecord:
@@ -57,7 +57,7 @@ def test_runs_without_training_seconds_are_a_clear_error():
 
 
 def test_multitask_comparison_gives_differences_to_the_single_task_run_beside_its_seed_spread():
-    from mtseg.plots import multitask_comparison
+    from mtseg.evaluation.plots import multitask_comparison
 
     rows = [
         # experiment, number, seed, task, class, dice
@@ -78,7 +78,7 @@ def test_multitask_comparison_gives_differences_to_the_single_task_run_beside_it
 
 
 def test_multitask_comparison_orders_the_experiments_whichever_task_comes_first():
-    from mtseg.plots import multitask_comparison
+    from mtseg.evaluation.plots import multitask_comparison
 
     rows = [("brain", 1, "brain", 0.5), ("brain_breast", 4, "brain", 0.4), ("breast", 2, "breast", 0.8),
             ("breast_cta", 6, "breast", 0.7), ("brain_breast", 4, "breast", 0.6)]

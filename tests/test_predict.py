@@ -85,7 +85,7 @@ def test_an_image_the_network_finds_nothing_in_is_low_confidence_not_a_crash(tmp
 
 
 def test_dominance_is_the_recognised_task_share_of_labelled_foreground():
-    from mtseg.recognition import Pass
+    from mtseg.inference.recognition import Pass
 
     mixed = Pass(("brain",), 1.0, np.eye(4), torch.zeros(1), {}, {"brain": 60, "breast": 40})
     assert mixed.recognise({})[:2] == ("brain", pytest.approx(0.6))
@@ -173,7 +173,7 @@ def test_results_go_back_to_an_oblique_anisotropic_grid_voxel_for_voxel():
 
 
 def test_recognition_weighs_dominance_by_a_plausible_foreground_fraction():
-    from mtseg.recognition import Pass
+    from mtseg.inference.recognition import Pass
 
     # a brain MR read with CT preprocessing: 22 % of its voxels called coronary artery, all of
     # that pass's foreground (dominance 1), while training CTAs hold 0.3 % coronary voxels
@@ -208,7 +208,7 @@ def test_negative_fraction_counts_air_lungs_and_fat_not_an_mrs_resampling_ringin
 
 
 def test_intensity_agreement_tells_a_ct_in_hounsfield_units_from_an_mr():
-    from mtseg.recognition import Pass, intensity_agreement
+    from mtseg.inference.recognition import Pass, intensity_agreement
 
     mr, ct = (0.0, 0.0), (0.66, 0.68)  # training ranges of the share of intensities clearly below 0
     assert intensity_agreement(0.67, mr) == pytest.approx(0.01 / 0.68)  # a CTA read as MRI
@@ -267,8 +267,8 @@ def test_the_intensity_agreement_decides_between_modalities(tmp_path, monkeypatc
     """A network that labels an image brain under MRI preprocessing and coronary artery under CT
     preprocessing (CT maps soft tissue above 1, MRI never): without the training range the two passes
     tie and the larger foreground (brain) wins; with it, the CT in HU is recognised as CTA."""
-    import mtseg.segmenter as segmenter
-    from mtseg.inference import Segmentation
+    import mtseg.inference.segmenter as segmenter
+    from mtseg.inference.dense import Segmentation
 
     CORONARY = 7  # brain_cta: 0 background, 1-6 brain tissues, 7 coronary arteries
 

@@ -10,7 +10,7 @@ import time
 import matplotlib.pyplot as plt
 import pytest
 
-from mtseg.provenance import CPU_FLAGS, command_line, git_state, write_provenance
+from mtseg.runtime.provenance import CPU_FLAGS, command_line, git_state, write_provenance
 
 FIELDS = {"command", "git", "cpu", "gpus", "versions", "date_utc", "wall_seconds"}
 

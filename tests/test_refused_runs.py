@@ -12,7 +12,7 @@ from hydra import compose, initialize_config_dir
 
 from mtseg import CONFIG_DIR
 from mtseg.data.__main__ import main as data_main
-from mtseg.run_folder import remove_refused_run
+from mtseg.training.run_folder import remove_refused_run
 from mtseg.settings import TRAIN_RULES, check_settings, config_values
 from test_bad_input import save
 from test_brain_templates import fake_wheels

@@ -15,7 +15,7 @@ from tests.test_train import TINY, learning_curve, run_train
 #: `kill`, `timeout` or SLURM would send it: deterministic, whatever the machine's speed.
 KILLED_AT = """
 import os, signal, sys
-from mtseg import callbacks
+from mtseg.training import callbacks
 step, signum = int(sys.argv.pop(1)), getattr(signal, sys.argv.pop(1))
 signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal (a background job inherits SIGINT ignored)
 def kill(self, trainer, *args):

@@ -7,7 +7,7 @@ import pytest
 import torch
 from scipy.ndimage import binary_erosion
 
-from mtseg.metrics import surface_distances
+from mtseg.evaluation.metrics import surface_distances
 
 
 def brute_force(reference: np.ndarray, prediction: np.ndarray, spacing) -> tuple[float, float]:

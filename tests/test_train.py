@@ -17,7 +17,7 @@ import torch
 from nbclient import NotebookClient
 
 from mtseg.checkpoint import load_checkpoint
-from mtseg.module import CHECKPOINT_KEY, MultiTaskSegmentationModule, lr_factor
+from mtseg.training.module import CHECKPOINT_KEY, MultiTaskSegmentationModule, lr_factor
 
 TINY = [
     "model.depth=3", "model.width=8", "model.fc_width=16",

@@ -17,7 +17,7 @@ import os
 import sys
 import time
 
-from mtseg.signals import SIGTERM_EXIT, Terminated, sigterm_raises
+from mtseg.runtime.signals import SIGTERM_EXIT, Terminated, sigterm_raises
 from mtseg.tasks import TASK_ORDER
 
 

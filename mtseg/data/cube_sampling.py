@@ -12,7 +12,7 @@ class-balanced with the same :class:`~mtseg.data.sampling.ClassVoxelIndex` and c
 as triplanar samples (so rare classes such as the coronary arteries or the brain stem still
 decide where cubes lie), only at voxels above the task's threshold. Within a cube, voxels at
 or below the threshold carry the target :data:`IGNORE`; the loss weights
-(:func:`mtseg.dense_loss.dense_loss_weights`) restore class and task balance.
+(:func:`mtseg.training.cube_loss.dense_loss_weights`) restore class and task balance.
 """
 
 from __future__ import annotations

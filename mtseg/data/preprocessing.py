@@ -67,7 +67,7 @@ def negative_fraction(image: torch.Tensor) -> float:
 
     MR magnitude images have none (the small negative values that resampling leaves in an MR's
     background stay above the margin), while about two thirds of a chest CT in Hounsfield units
-    are well below water (air, lungs, fat): recognition (:mod:`mtseg.recognition`) compares an
+    are well below water (air, lungs, fat): recognition (:mod:`mtseg.inference.recognition`) compares an
     input's fraction with the range of its training images' to tell an MR from a CT, whatever
     the MR's intensity scale.
     """

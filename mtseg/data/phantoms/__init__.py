@@ -3,7 +3,7 @@
 The paper's images (brain T1 MRI, breast T1 MRI, cardiac CTA) are not public, so
 mtseg generates phantoms with the same classes and the same difficulty: in every
 task the target classes share their intensity distribution with other structures,
-so a per-voxel intensity classifier cannot find them (see :mod:`mtseg.baseline`)
+so a per-voxel intensity classifier cannot find them (see :mod:`mtseg.evaluation.baseline`)
 and a network needs spatial context.
 
 * **brain** (T1 MRI, 1.0 mm, default 96 x 112 x 96 voxels): a head scaled to about

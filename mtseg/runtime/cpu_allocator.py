@@ -13,7 +13,7 @@ process, so its peak RSS is higher (a dense step at the demo's settings: 2.3 GiB
 defaults, 2.6–3.2 GiB kept; docs/CHANGELOG.md), and it is returned only when the process
 ends.
 
-Training turns it on when its steps start (``mtseg.callbacks.KeepFreedMemory``), after the
+Training turns it on when its steps start (``mtseg.training.callbacks.KeepFreedMemory``), after the
 data module has prepared its volumes, so preprocessing's temporaries are returned as usual;
 ``mtseg.bench`` turns it on for its training measurements. Inference (``evaluate``,
 ``predict``, the Python API) leaves glibc's defaults alone. ``MTSEG_KEEP_FREED_MEMORY=0``

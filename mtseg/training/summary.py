@@ -10,8 +10,8 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from mtseg.module import MultiTaskSegmentationModule
-from mtseg.provenance import command_line, provenance
+from mtseg.training.module import MultiTaskSegmentationModule
+from mtseg.runtime.provenance import command_line, provenance
 
 
 def _or_none(value: float | None) -> float | None:
@@ -49,7 +49,7 @@ def write_summary(
         "dice_on": "whole held-out images: mean over images (paper §4)",
         "evaluation": None if evaluation is None else evaluation.to_dict(),
         "intensity_baseline_dice": {t: {c: _or_none(d) for c, d in baseline[t].items()} for t in space.tasks},
-        # where the run ran: commit, command, machine, versions (mtseg.provenance), for results built from it
+        # where the run ran: commit, command, machine, versions (mtseg.runtime.provenance), for results built from it
         "provenance": provenance(command_line("mtseg.train"), time.time() - train_seconds),
     }
     path.write_text(json.dumps(summary, indent=2, allow_nan=False))

@@ -40,7 +40,7 @@ def native_bf16(device: torch.device) -> bool:
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported(including_emulation=False)
     if device.type == "cpu":
-        from mtseg.module import cpu_has_native_bf16  # mtseg.module imports this module
+        from mtseg.training.module import cpu_has_native_bf16  # mtseg.training.module imports this module
 
         return cpu_has_native_bf16()
     return False

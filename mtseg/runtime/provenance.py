@@ -24,7 +24,7 @@ from pathlib import Path
 CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
 
 #: The repository (or installed tree) that holds the ``mtseg`` package.
-REPOSITORY = Path(__file__).resolve().parent.parent
+REPOSITORY = Path(__file__).resolve().parents[2]
 
 
 def command_line(module: str, argv: list[str] | None = None) -> str:

@@ -15,7 +15,7 @@ import torch
 import torchio as tio
 
 from mtseg.data.preprocessing import IMAGE, LABEL, SAMPLING_MASK
-from mtseg.metrics import confusion_counts, dice_from_confusion
+from mtseg.evaluation.metrics import confusion_counts, dice_from_confusion
 from mtseg.tasks import get_task
 
 if TYPE_CHECKING:

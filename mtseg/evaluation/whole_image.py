@@ -1,6 +1,6 @@
 """Whole-image evaluation as in the paper (§4), shared by training's learning curves and ``mtseg.evaluate``.
 
-Every held-out image is segmented densely (:func:`mtseg.inference.segment_volume`):
+Every held-out image is segmented densely (:func:`mtseg.inference.dense.segment_volume`):
 
 - tasks evaluated by ``argmax`` (brain MRI): each voxel gets the output channel of
   highest activation; Dice per class per image;
@@ -27,10 +27,10 @@ import numpy as np
 import torch
 
 from mtseg.data.triplanar import TriplanarVolume
-from mtseg.inference import segment_volume
-from mtseg.metrics import PooledPRCurve, dice_scores, surface_distances
+from mtseg.inference.dense import segment_volume
+from mtseg.evaluation.metrics import PooledPRCurve, dice_scores, surface_distances
 from mtseg.model import TriplanarCNN
-from mtseg.operating_point import task_labels
+from mtseg.evaluation.operating_point import task_labels
 from mtseg.tasks import TASKS, LabelSpace
 
 
@@ -203,7 +203,7 @@ class WholeImageEvaluator:
             what the metrics need (1 byte per voxel for ``argmax`` tasks, 2 bytes for
             ``pr_threshold`` tasks) is kept until :meth:`compute`.
         surface_distances: Also compute each image's HD95 and ASSD per class
-            (:func:`mtseg.metrics.surface_distances`; ``mtseg.evaluate``, not the learning curves).
+            (:func:`mtseg.evaluation.metrics.surface_distances`; ``mtseg.evaluate``, not the learning curves).
     """
 
     def __init__(self, label_space: LabelSpace, pr_thresholds: int, keep_predictions: bool = False, surface_distances: bool = False):

@@ -11,7 +11,7 @@ import numpy as np
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from mtseg.cpu_allocator import reuse_freed_memory
+from mtseg.runtime.cpu_allocator import reuse_freed_memory
 from mtseg.tasks import TASKS
 
 #: Columns of ``metrics.csv``: one row per evaluation and class. ``train_seconds``: wall-clock
@@ -69,7 +69,7 @@ class DiceCSVWriter(L.Callback):
 
 
 class KeepFreedMemory(L.Callback):
-    """Keep freed CPU memory for reuse once training starts (:mod:`mtseg.cpu_allocator`).
+    """Keep freed CPU memory for reuse once training starts (:mod:`mtseg.runtime.cpu_allocator`).
 
     Training starts after the data module has prepared its volumes, so the temporaries of
     preprocessing are still returned to the system as usual; only the steps' activations,

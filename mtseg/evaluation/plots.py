@@ -212,9 +212,9 @@ def segmentation_panels(runs: Sequence[RunRecord], data_overrides: dict | None =
     """
     from mtseg.checkpoint import load_checkpoint, test_datamodule, threshold_for
     from mtseg.data.datamodule import HeldOutImage
-    from mtseg.evaluation import example_slice
-    from mtseg.inference import segment_volume
-    from mtseg.operating_point import task_labels, thresholded
+    from mtseg.evaluation.whole_image import example_slice
+    from mtseg.inference.dense import segment_volume
+    from mtseg.evaluation.operating_point import task_labels, thresholded
 
     panels: dict[str, SegmentationPanel] = {}
     images: dict[str, HeldOutImage] = {}
@@ -291,7 +291,7 @@ def plot_segmentations(panels: Sequence[SegmentationPanel]) -> plt.Figure:
 
 def results_frame(runs: Sequence[RunRecord]) -> pd.DataFrame:
     """The results table: final whole-image evaluation of every run, one row per run and class."""
-    from mtseg.evaluation import results_table
+    from mtseg.evaluation.whole_image import results_table
 
     rows = []
     for run in runs:

@@ -13,8 +13,8 @@ import torch
 import torch.nn.functional as F
 
 from mtseg.data.datamodule import HeldOutImage
-from mtseg.dense_loss import dense_loss
-from mtseg.evaluation import EvaluationResult, WholeImageEvaluator
+from mtseg.training.cube_loss import dense_loss
+from mtseg.evaluation.whole_image import EvaluationResult, WholeImageEvaluator
 from mtseg.defaults import conf_defaults
 from mtseg.model import TriplanarCNN
 from mtseg.tasks import TASKS, LabelSpace
@@ -33,10 +33,10 @@ class MultiTaskSegmentationModule(L.LightningModule):
     (``training=patch``), or with ``context`` ``(B, S, S, S)``, ``target`` ``(B, k, k, k)``
     and ``task`` ``(B,)`` in compute-sharing mode (``training=dense``: cubes of ``k³``
     target voxels, their loss weighted back to the paper's class and task balance by
-    :func:`~mtseg.dense_loss.dense_loss`). Both train the same network. Validation steps get one
+    :func:`~mtseg.training.cube_loss.dense_loss`). Both train the same network. Validation steps get one
     whole held-out image each (:class:`~mtseg.data.datamodule.HeldOutImage`): it is
     segmented densely and, once all are in, evaluated as in the paper (§4) by
-    :class:`~mtseg.evaluation.WholeImageEvaluator`.
+    :class:`~mtseg.evaluation.whole_image.WholeImageEvaluator`.
 
     Args:
         tasks: Tasks of the experiment; fixes the output channels.

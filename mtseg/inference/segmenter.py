@@ -11,8 +11,8 @@
 
 A :class:`Segmenter` holds everything between a checkpoint and a label map: the network on
 its device, each task's preprocessing as in training, task recognition
-(:mod:`mtseg.recognition`) when no task is given, dense inference, the paper's operating
-point (:func:`mtseg.operating_point.task_labels`) and the way back to the input's grid.
+(:mod:`mtseg.inference.recognition`) when no task is given, dense inference, the paper's operating
+point (:func:`mtseg.evaluation.operating_point.task_labels`) and the way back to the input's grid.
 
 If the recognised task was trained at another spacing than the recognition pass used, the
 image is segmented again with that task's own preprocessing, exactly as in training. The
@@ -37,15 +37,15 @@ from mtseg.checkpoint import LoadedCheckpoint, instantiate_checked, load_checkpo
 from mtseg.data.preprocessing import IMAGE, SAMPLING_MASK, build_preprocessing, negative_fraction
 from mtseg.data.triplanar import TriplanarVolume
 from mtseg.defaults import conf_defaults
-from mtseg.inference import inference_dtype, segment_volume
+from mtseg.inference.dense import inference_dtype, segment_volume
 from mtseg.image_input import checked_image, image_name
 from mtseg.nifti import ImageLimits, atomic_write_all, check_outputs, check_writable, check_writable_folder, nifti_writer, to_input_grid
-from mtseg.operating_point import task_labels, thresholded
+from mtseg.evaluation.operating_point import task_labels, thresholded
 from mtseg.settings import PREDICT_RULES, check_settings
-from mtseg.recognition import Pass, intensity_agreement, preprocessing_key, resolved_spacing, working_spacing
+from mtseg.inference.recognition import Pass, intensity_agreement, preprocessing_key, resolved_spacing, working_spacing
 from mtseg.tasks import TASKS
 
-log = logging.getLogger("mtseg.segmenter")
+log = logging.getLogger("mtseg.inference.segmenter")
 
 
 def sidecar_path(output: str | Path) -> Path:

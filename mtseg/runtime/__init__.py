@@ -1,0 +1,2 @@
+"""What every command shares at run time: console output, signals, the CPU allocator and provenance
+(``docs/development.md`` maps every module)."""
