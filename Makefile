@@ -44,7 +44,7 @@ lock:
 	mv constraints.txt.new constraints.txt
 	rm -rf .venv-lock
 
-# Experiment 7 on phantoms, compute-sharing training (training=dense), CPU-sized: conf/preset/demo.yaml
+# Experiment 7 on phantoms, compute-sharing training (training=cubes), CPU-sized: conf/preset/demo.yaml
 # (conf/preset/cpu_demo.yaml with a lower learning rate and oblique, thick-slice training copies).
 demo: install
 	$(BIN)/python -m mtseg.train +experiment=brain_breast_cta +preset=demo $(ARGS)

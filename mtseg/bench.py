@@ -10,9 +10,9 @@
 4. the pipeline on one CTA-sized volume (512x512x400 by default): preprocessing time,
    class-index time, samples/s and peak memory;
 5. learning per second: labelled voxels per second of training in compute-sharing mode
-   (``training=dense``: cubes at the settings of ``conf/training/dense.yaml``) against the
-   paper's patch mode, same network, same phantoms; the dense pipeline's rate against its
-   step; and the peak memory and seconds of dense training steps in a fresh process, with
+   (``training=cubes``: cubes at the settings of ``conf/training/cubes.yaml``) against the
+   paper's patch mode, same network, same phantoms; the cube pipeline's rate against its
+   step; and the peak memory and seconds of cube training steps in a fresh process, with
    freed memory kept for reuse (as training runs, :mod:`mtseg.runtime.cpu_allocator`)
    and with glibc's defaults (the CTA-sized volume of 4. is measured first, with glibc's
    defaults, as training prepares its data; the rest as training steps run);
@@ -52,21 +52,25 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
 from mtseg import CONFIG_DIR
-from omegaconf import OmegaConf
 
 from mtseg.checkpoint import load_checkpoint
 from mtseg.runtime.cpu_allocator import reuse_freed_memory
-from mtseg.data.cube_sampling import IGNORE
-from mtseg.data.datamodule import MultiTaskDataModule, prepare_subject, sampling_queue
+from mtseg.data.datamodule import MultiTaskDataModule
 from mtseg.data.phantoms import PhantomSpec, generate_phantom
 from mtseg.data.preprocessing import SAMPLING_MASK, build_preprocessing
-from mtseg.data.sampling import NUM_SAMPLES, ClassBalancedTriplanarSampler
-from mtseg.data.training_volumes import TrainingVolumes
+from mtseg.data.sampling import NUM_SAMPLES
+from mtseg.data.seeds import seeded_generator
+from mtseg.data.subjects import prepare_subject
+from mtseg.data.torchio_adapters import sampling_queue
+from mtseg.data.training_volumes import IGNORE, TrainingVolumes, channel_table
 from mtseg.data.triplanar import TriplanarVolume
 from mtseg.defaults import conf_defaults
 from mtseg.inference.dense import dense_probabilities, inference_dtype, patch_probabilities, segment_volume
 from mtseg.model import TriplanarCNN
-from mtseg.training.module import MultiTaskSegmentationModule, cpu_has_native_bf16
+from mtseg.runtime.bf16 import cpu_has_native_bf16
+from mtseg.tasks import LabelSpace
+from mtseg.training.cubes import CubeTraining
+from mtseg.training.module import MultiTaskSegmentationModule
 from mtseg.nifti import atomic_write_bytes
 from mtseg.evaluation.operating_point import thresholded
 from mtseg.runtime.provenance import command_line, write_provenance
@@ -142,7 +146,7 @@ def on_device(gather, batch: dict[str, torch.Tensor], device: torch.device) -> d
 
 
 def time_pipeline(batches, n: int, gather, device: torch.device) -> float:
-    """Samples (labelled voxels in dense mode) per second of drawing ``n`` mini-batches, queue fills and refills
+    """Samples (labelled voxels in cube mode) per second of drawing ``n`` mini-batches, queue fills and refills
     included, moved to ``device`` and gathered there."""
     _synchronize(device)
     start = time.perf_counter()
@@ -152,12 +156,12 @@ def time_pipeline(batches, n: int, gather, device: torch.device) -> float:
 
 
 def labelled_voxels(batch: dict[str, torch.Tensor]) -> int:
-    """Voxels the loss trains on: every sample in patch mode, the cubes' voxels above the threshold in dense mode."""
+    """Voxels the loss trains on: every sample in patch mode, the cubes' voxels above the threshold in cube mode."""
     return int((batch["target"] != IGNORE).sum())
 
 
 def time_index_stream(batches, n: int) -> float:
-    """Samples (cubes in dense mode) per second of drawing ``n`` mini-batches of indices, without the gather:
+    """Samples (cubes in cube mode) per second of drawing ``n`` mini-batches of indices, without the gather:
     all the host does per mini-batch when the gather runs on a GPU."""
     start = time.perf_counter()
     samples = sum(len(next(batches)["task"]) for _ in range(n))
@@ -186,12 +190,12 @@ def time_training(module: MultiTaskSegmentationModule, batches, gather, n: int, 
     return samples / seconds
 
 
-def _dense_step_in_child(tasks: list[str], model: dict, n_cubes: int, cube: int, device_type: str, bf16: bool,
+def _cube_step_in_child(tasks: list[str], model: dict, n_cubes: int, cube: int, device_type: str, bf16: bool,
                          keep_freed: bool, results) -> None:
     if keep_freed:
         reuse_freed_memory()
     device = torch.device(device_type)
-    module = MultiTaskSegmentationModule(tasks, model=model).to(device).train()
+    module = MultiTaskSegmentationModule(tasks, model=model, training=CubeTraining(cube=cube)).to(device).train()
     optimizer = module.build_optimizer()
     side = cube + 2 * module.net.depth
     batch = {
@@ -215,13 +219,13 @@ def _dense_step_in_child(tasks: list[str], model: dict, n_cubes: int, cube: int,
     results.put((before, peak_rss_gib(), gpu, module.net.forward_cubes_bytes(n_cubes, cube) / 2**30, seconds / DENSE_STEPS_TIMED))
 
 
-def dense_step_memory(tasks: list[str], model: dict, n_cubes: int, cube: int, device: torch.device, bf16: bool = False,
+def cube_step_memory(tasks: list[str], model: dict, n_cubes: int, cube: int, device: torch.device, bf16: bool = False,
                       keep_freed: bool = True) -> tuple:
-    """A fresh process's dense training steps: peak RSS (GiB) before and after, peak GPU memory, the
+    """A fresh process's cube training steps: peak RSS (GiB) before and after, peak GPU memory, the
     estimate, and seconds per step; ``keep_freed`` as training runs (:mod:`mtseg.runtime.cpu_allocator`) or not."""
     context = multiprocessing.get_context("spawn")
     results = context.Queue()
-    child = context.Process(target=_dense_step_in_child, args=(tasks, model, n_cubes, cube, device.type, bf16, keep_freed, results))
+    child = context.Process(target=_cube_step_in_child, args=(tasks, model, n_cubes, cube, device.type, bf16, keep_freed, results))
     child.start()
     measured = results.get()
     child.join()
@@ -479,9 +483,9 @@ def main(argv: list[str] | None = None) -> None:
 def measure(args: argparse.Namespace) -> None:
     """Every measurement of the module's docstring, printed and recorded in :data:`FIGURES`."""
     with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
-        # training.* overrides are for the dense section (the patch mode has none)
+        # training.* overrides are for the cube section; the patch section takes training.batch_size from --batch-size
         patch_overrides = [o for o in args.overrides if not o.startswith("training.")]
-        cfg = compose("train", overrides=[f"data.batch_size={args.batch_size}", *patch_overrides])
+        cfg = compose("train", overrides=[f"training.batch_size={args.batch_size}", *patch_overrides])
     tasks = ["brain", "breast", "cta"]
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     print(f"device: {device} ({torch.cuda.get_device_name() if device.type == 'cuda' else f'{torch.get_num_threads()} CPU threads'})")
@@ -491,7 +495,7 @@ def measure(args: argparse.Namespace) -> None:
         time_cta_sized_volume(args, cfg, tasks, device)
         reuse_freed_memory()  # from here on as training steps run (mtseg.training.callbacks.KeepFreedMemory)
         patch_rate = time_pipeline_and_training(args, cfg, tasks, device)
-        time_dense_training(args, tasks, device, patch_rate)
+        time_cube_training(args, tasks, device, patch_rate)
     time_inference(args, device)
     time_brain(args, cfg, device)
 
@@ -507,17 +511,22 @@ def time_cta_sized_volume(args: argparse.Namespace, cfg, tasks: list[str], devic
     prepared = prepare_subject(subject, preprocessing, cfg.model.depth, cfg.data.pad_value)
     prepare_seconds = time.perf_counter() - start
     del subject
-    queue_cfg = cfg.data.queue
-    volumes = TrainingVolumes([prepared], cfg.model.depth).to(device)
-    prepared[NUM_SAMPLES] = queue_cfg.samples_per_volume // queue_cfg.block
-    sampler = ClassBalancedTriplanarSampler(cfg.model.depth, queue_cfg.block)
-    queue = sampling_queue([prepared], sampler, queue_cfg.max_length, queue_cfg.samples_per_volume, queue_cfg.block)
-    n = args.refills * min(queue_cfg.max_length, queue_cfg.samples_per_volume)
+    training = instantiate(cfg.training)  # the paper's mode
+    queue_cfg = training.queue
+    volumes = TrainingVolumes([prepared], cfg.model.depth, channel_table(LabelSpace(["cta"]))).to(device)
+    prepared[NUM_SAMPLES] = queue_cfg["samples_per_volume"] // queue_cfg["block"]
+    sampler = training.sampler(cfg.model.depth, seeded_generator(0))
+    queue = sampling_queue([prepared], sampler, queue_cfg["max_length"], queue_cfg["samples_per_volume"])
+    n = args.refills * min(queue_cfg["max_length"], queue_cfg["samples_per_volume"])
     per_take = args.batch_size // len(tasks)
+
+    def gather(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return training.gather(volumes, {**batch, "task": torch.zeros_like(batch["volume_id"])})
+
     _synchronize(device)
     start = time.perf_counter()
     for _ in range(-(-n // per_take)):
-        on_device(volumes, queue.take(per_take), device)
+        on_device(gather, queue.take(per_take), device)
     _synchronize(device)
     rate = -(-n // per_take) * per_take / (time.perf_counter() - start)
     peak = peak_rss_gib()
@@ -532,7 +541,8 @@ def time_cta_sized_volume(args: argparse.Namespace, cfg, tasks: list[str], devic
 def time_pipeline_and_training(args: argparse.Namespace, cfg, tasks: list[str], device: torch.device) -> float:
     """Measurements 1-3: the data pipeline, the training step and their ratio; returns the step's samples/s."""
 
-    datamodule: MultiTaskDataModule = instantiate(cfg.data, tasks=tasks, radius=cfg.model.depth, seed=0)
+    training = instantiate(cfg.training)  # the paper's mode
+    datamodule: MultiTaskDataModule = instantiate(cfg.data, tasks=tasks, depth=cfg.model.depth, seed=0, training=training)
     start = time.perf_counter()
     datamodule.prepare_data()
     datamodule.setup()
@@ -540,66 +550,66 @@ def time_pipeline_and_training(args: argparse.Namespace, cfg, tasks: list[str], 
     print(f"phantoms ready and preprocessed in {ready:.1f} s")
     record("phantoms", ready_seconds=ready)
     batches = iter(datamodule.train_batches())
-    queue_cfg = cfg.data.queue
+    queue_cfg = training.queue
     # a fill stops when the queue is full or every training image has been visited
-    per_fill = min(queue_cfg.max_length, min(len(datamodule.subjects[t]["train"]) for t in tasks) * queue_cfg.samples_per_volume)
+    per_fill = min(queue_cfg["max_length"], min(len(datamodule.subjects[t]["train"]) for t in tasks) * queue_cfg["samples_per_volume"])
     n_batches = -(-args.refills * per_fill * len(tasks) // args.batch_size)
     pipeline = time_pipeline(batches, n_batches, datamodule.gather, device)
     indices = time_index_stream(batches, n_batches)
-    module = MultiTaskSegmentationModule(tasks, model=dict(cfg.model))
-    training = time_training(module, batches, datamodule.gather, args.train_steps, device)
+    module = MultiTaskSegmentationModule(tasks, model=dict(cfg.model), training=training)
+    step_rate = time_training(module, batches, datamodule.gather, args.train_steps, device)
     print(
-        f"pipeline (3 tasks, TorchIO queues of blocks of {queue_cfg.block}, balanced, batch {args.batch_size}, {n_batches} batches = "
+        f"pipeline (3 tasks, TorchIO queues of blocks of {queue_cfg['block']}, balanced, batch {args.batch_size}, {n_batches} batches = "
         f"{args.refills} queue fills per task, gathered on {device}): {pipeline:9.1f} samples/s"
     )
     print(f"of which the host's part, the mini-batches of indices alone:      {indices:9.1f} samples/s")
-    print(f"training step (TriplanarCNN, {module.n_params} parameters):      {training:9.1f} samples/s")
-    print(f"ratio pipeline / training step: {pipeline / training:.1f}x")
-    record("patch", batch_size=args.batch_size, queue_block=queue_cfg.block, batches=n_batches, queue_fills=args.refills,
+    print(f"training step (TriplanarCNN, {module.n_params} parameters):      {step_rate:9.1f} samples/s")
+    print(f"ratio pipeline / training step: {pipeline / step_rate:.1f}x")
+    record("patch", batch_size=args.batch_size, queue_block=queue_cfg["block"], batches=n_batches, queue_fills=args.refills,
            pipeline_samples_per_second=pipeline, index_samples_per_second=indices, n_params=module.n_params,
-           training_samples_per_second=training, pipeline_over_training=pipeline / training)
+           training_samples_per_second=step_rate, pipeline_over_training=pipeline / step_rate)
 
-    return training
+    return step_rate
 
 
 
-def time_dense_training(args: argparse.Namespace, tasks: list[str], device: torch.device, patch_rate: float) -> None:
-    """Measurement 5: labelled voxels/s of dense against patch training, dense pipeline, dense step memory."""
+def time_cube_training(args: argparse.Namespace, tasks: list[str], device: torch.device, patch_rate: float) -> None:
+    """Measurement 5: labelled voxels/s of cube against patch training, the cube pipeline, cube step memory."""
     with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
-        cfg = compose("train", overrides=["training=dense", *args.overrides])
-    training_cfg = OmegaConf.to_container(cfg.training)
-    datamodule: MultiTaskDataModule = instantiate(cfg.data, tasks=tasks, radius=cfg.model.depth, seed=0, training=training_cfg)
+        cfg = compose("train", overrides=["training=cubes", *args.overrides])
+    training = instantiate(cfg.training)
+    datamodule: MultiTaskDataModule = instantiate(cfg.data, tasks=tasks, depth=cfg.model.depth, seed=0, training=training)
     datamodule.prepare_data()
     datamodule.setup()
     batches = iter(datamodule.train_batches())
-    n_batches = args.refills * int(training_cfg["queue"]["max_length"]) // int(training_cfg["cubes_per_task"])
+    n_batches = args.refills * training.queue["max_length"] // training.cubes_per_task
     pipeline = time_pipeline(batches, n_batches, datamodule.gather, device)
     cube_rate = time_index_stream(batches, n_batches)
-    module = MultiTaskSegmentationModule(tasks, model=dict(cfg.model))
+    module = MultiTaskSegmentationModule(tasks, model=dict(cfg.model), training=training)
     dense = time_training(module, batches, datamodule.gather, args.train_steps, device)
-    cube, per_task = int(training_cfg["cube"]), int(training_cfg["cubes_per_task"])
+    cube, per_task = training.cube, training.cubes_per_task
     print(
-        f"dense training (training=dense, {per_task} cube(s) of {cube}^3 per task and step): {dense:9.1f} labelled voxels/s, "
+        f"cube training (training=cubes, {per_task} cube(s) of {cube}^3 per task and step): {dense:9.1f} labelled voxels/s, "
         f"{dense / patch_rate:.0f}x the patch mode's {patch_rate:.1f}"
     )
-    record("dense", cube=cube, cubes_per_task=per_task, training_labelled_voxels_per_second=dense,
+    record("cubes", cube=cube, cubes_per_task=per_task, training_labelled_voxels_per_second=dense,
            over_patch=dense / patch_rate, patch_training_samples_per_second=patch_rate)
     bf16 = device.type == "cuda" or cpu_has_native_bf16()
     if bf16:  # the demo's precision, where the device computes bf16 natively
         fast = time_training(module, batches, datamodule.gather, args.train_steps, device, bf16=True)
-        print(f"dense training in bf16 autocast (trainer.precision=bf16-mixed): {fast:9.1f} labelled voxels/s, "
+        print(f"cube training in bf16 autocast (trainer.precision=bf16-mixed): {fast:9.1f} labelled voxels/s, "
               f"{fast / dense:.1f}x fp32, {fast / patch_rate:.0f}x the patch mode's fp32")
-        record("dense", bf16_training_labelled_voxels_per_second=fast, bf16_over_fp32=fast / dense, bf16_over_patch=fast / patch_rate)
-    print(f"dense pipeline ({n_batches} mini-batches of cubes, gathered on {device}): {pipeline:9.1f} labelled voxels/s, {pipeline / dense:.1f}x the dense step")
+        record("cubes", bf16_training_labelled_voxels_per_second=fast, bf16_over_fp32=fast / dense, bf16_over_patch=fast / patch_rate)
+    print(f"cube pipeline ({n_batches} mini-batches of cubes, gathered on {device}): {pipeline:9.1f} labelled voxels/s, {pipeline / dense:.1f}x the cube step")
     print(f"of which the host's part, the mini-batches of cube positions alone: {cube_rate:9.1f} cubes/s "
           f"({cube_rate / (per_task * len(tasks)):.0f} mini-batches/s)")
-    record("dense", pipeline_batches=n_batches, pipeline_labelled_voxels_per_second=pipeline, pipeline_over_training=pipeline / dense,
+    record("cubes", pipeline_batches=n_batches, pipeline_labelled_voxels_per_second=pipeline, pipeline_over_training=pipeline / dense,
            cube_positions_per_second=cube_rate, index_minibatches_per_second=cube_rate / (per_task * len(tasks)))
     n_cubes = per_task * len(tasks)
-    steps = {keep: dense_step_memory(tasks, dict(cfg.model), n_cubes, cube, device, bf16, keep_freed=keep) for keep in (False, True)}
+    steps = {keep: cube_step_memory(tasks, dict(cfg.model), n_cubes, cube, device, bf16, keep_freed=keep) for keep in (False, True)}
     before, peak, gpu, estimate, seconds = steps[True]
     print(
-        f"dense training step{' in bf16' if bf16 else ''} on {n_cubes} cubes of {cube}^3: peak RSS {peak:.2f} GiB "
+        f"cube training step{' in bf16' if bf16 else ''} on {n_cubes} cubes of {cube}^3: peak RSS {peak:.2f} GiB "
         f"({before:.2f} GiB before the first step){'' if gpu is None else f', peak GPU memory {gpu:.2f} GiB'}; "
         f"the check before training estimates {estimate:.2f} GiB"
     )
@@ -609,7 +619,7 @@ def time_dense_training(args: argparse.Namespace, tasks: list[str], device: torc
         f"{default_seconds:.3f} s with glibc's defaults (MTSEG_KEEP_FREED_MEMORY=0; peak RSS {default_peak:.2f} GiB): "
         f"{default_seconds / seconds:.2f}x"
     )
-    record("dense_step", bf16=bf16, cubes=n_cubes, cube=cube, peak_rss_gib=peak, rss_before_first_step_gib=before,
+    record("cube_step", bf16=bf16, cubes=n_cubes, cube=cube, peak_rss_gib=peak, rss_before_first_step_gib=before,
            peak_gpu_memory_gib=gpu, estimate_gib=estimate, seconds=seconds, seconds_glibc_defaults=default_seconds,
            peak_rss_glibc_defaults_gib=default_peak, glibc_defaults_over_kept=default_seconds / seconds)
 

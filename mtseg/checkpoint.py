@@ -262,7 +262,7 @@ def test_datamodule(loaded: LoadedCheckpoint, overrides=None):
     resolved = OmegaConf.to_container(overrides, resolve=True) if OmegaConf.is_config(overrides) else (overrides or {})
     data_cfg = OmegaConf.merge(OmegaConf.create(stored), resolved)
     datamodule = instantiate_checked(
-        data_cfg, f"{loaded.path} (stored data config)", tasks=list(loaded.label_space.tasks), radius=loaded.net.depth, seed=0
+        data_cfg, f"{loaded.path} (stored data config)", tasks=list(loaded.label_space.tasks), depth=loaded.net.depth, seed=0
     )
     datamodule.prepare_data()
     datamodule.setup("validate")

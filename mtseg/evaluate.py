@@ -21,7 +21,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from mtseg.checkpoint import LoadedCheckpoint, load_checkpoint, select_device, test_datamodule, thresholds_path
-from mtseg.data.datamodule import HeldOutImage
+from mtseg.data.held_out import HeldOutImage
 from mtseg.data.preprocessing import IMAGE, LABEL
 from mtseg.evaluation.whole_image import EvaluationResult, WholeImageEvaluator
 from mtseg.nifti import atomic_write_bytes, check_outputs, read_image, to_input_grid, write_like

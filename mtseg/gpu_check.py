@@ -116,7 +116,7 @@ def pipeline_rate(cfg, batches: int, device: torch.device) -> float:
     from hydra.utils import instantiate
 
     tasks = list(experiment_tasks("brain_breast_cta"))
-    datamodule = instantiate(cfg.data, tasks=tasks, radius=cfg.model.depth, seed=0)
+    datamodule = instantiate(cfg.data, tasks=tasks, depth=cfg.model.depth, seed=0, training=instantiate(cfg.training))
     datamodule.prepare_data()
     datamodule.setup()
     stream = iter(datamodule.train_batches())
@@ -308,7 +308,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_float32_matmul_precision("high")  # TF32, as training does on a GPU
     from omegaconf import OmegaConf
 
-    cfg = train_config([f"data.batch_size={args.batch_size}", *args.overrides])
+    cfg = train_config([f"training.batch_size={args.batch_size}", *args.overrides])
     model = OmegaConf.to_container(cfg.model)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

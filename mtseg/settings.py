@@ -84,11 +84,8 @@ TRAIN_RULES: dict[str, Rule] = {
     "model.width": POSITIVE_INT,
     "model.fc_width": POSITIVE_INT,
     "model.dropout": Rule(float, low=0, high=1, high_open=True),
-    "data.batch_size": POSITIVE_INT,
     "data.val_images_per_task": Rule(int, low=1, optional=True),
-    "data.queue.max_length": POSITIVE_INT,
-    "data.queue.samples_per_volume": POSITIVE_INT,
-    "data.queue.block": POSITIVE_INT,
+    "training.batch_size": POSITIVE_INT,
     "training.cube": POSITIVE_INT,
     "training.cubes_per_task": POSITIVE_INT,
     "training.queue.max_length": POSITIVE_INT,
@@ -97,6 +94,10 @@ TRAIN_RULES: dict[str, Rule] = {
     "evaluation.slab_voxels": POSITIVE_INT,
     "evaluation.pr_thresholds": Rule(int, low=2),
 }
+
+#: Settings that moved: old key -> new key. Setting the old one is refused with a message naming the new one
+#: (the old keys stay in the configs as ``null``, so Hydra accepts them and this message is the one shown).
+MOVED_SETTINGS: dict[str, str] = {"data.batch_size": "training.batch_size", "data.queue": "training.queue"}
 
 #: The numeric settings of :class:`mtseg.Segmenter` and ``python -m mtseg.predict``.
 PREDICT_RULES: dict[str, Rule] = {
@@ -124,6 +125,15 @@ def check_settings(values: dict[str, Any], rules: dict[str, Rule], spell=lambda 
         rule = rules.get(key)
         if rule is not None and not rule.accepts(value):
             raise ValueError(f"{spell(key)}={value!r}: expected {rule.describe()}")
+
+
+def check_moved_settings(cfg) -> None:
+    """Refuse a value at a key of :data:`MOVED_SETTINGS` (set by a user's override or config), naming the new key."""
+    from omegaconf import OmegaConf
+
+    for old, new in MOVED_SETTINGS.items():
+        if OmegaConf.select(cfg, old, default=None) is not None:
+            raise ValueError(f"{old} is now {new} (the training mode owns it: conf/training); set {new} instead")
 
 
 def config_values(cfg, keys) -> dict[str, Any]:

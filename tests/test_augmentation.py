@@ -11,6 +11,7 @@ import mtseg.data.datamodule as datamodule_module
 from mtseg import CONFIG_DIR
 from mtseg.data.augmentation import TrainingAugmentation
 from mtseg.data.datamodule import MultiTaskDataModule
+from mtseg.training.patches import PatchTraining
 from mtseg.data.preprocessing import SAMPLING_MASK
 from mtseg.data.sampling import CLASS_INDEX
 from niftidata import nifti_folder
@@ -25,8 +26,8 @@ def data_module(root, transforms, copies, seed=0):
         "augmentation": {"copies": copies, "transforms": [instantiate(t) for t in transforms]},
     }
     return MultiTaskDataModule(
-        tasks=["breast"], root="unused", batch_size=4, radius=2, pad_value=0.0,
-        queue={"max_length": 40, "samples_per_volume": 20, "block": 5}, seed=seed, breast=source,
+        tasks=["breast"], root="unused", depth=2, pad_value=0.0, seed=seed, breast=source,
+        training=PatchTraining(4, queue={"max_length": 40, "samples_per_volume": 20, "block": 5}),
     )
 
 

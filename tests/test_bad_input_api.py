@@ -230,7 +230,7 @@ def test_the_rules_cover_the_numbers_of_the_configs():
 
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         patch = compose("train")
-        dense = compose("train", overrides=["training=dense"])
+        dense = compose("train", overrides=["training=cubes"])
     from omegaconf import OmegaConf
 
     missing = [k for k in TRAIN_RULES if OmegaConf.select(patch, k, default="?") == "?" and OmegaConf.select(dense, k, default="?") == "?"]

@@ -1,4 +1,4 @@
-"""`make bench` end to end on tiny settings: every section reports, dense training against patch training included."""
+"""`make bench` end to end on tiny settings: every section reports, cube training against patch training included."""
 
 import os
 import re
@@ -28,13 +28,13 @@ def test_bench_reports_pipeline_training_modes_and_inference(tmp_path):
     host = re.search(r"of which the host's part, the mini-batches of indices alone: +([\d.]+) samples/s", out)
     assert pipeline and host and float(host.group(1)) > 0 and float(pipeline.group(1)) > 0
     assert re.search(r"of which the host's part, the mini-batches of cube positions alone: +[\d.]+ cubes/s \(\d+ mini-batches/s\)", out)
-    dense = re.search(r"dense training \(training=dense, 1 cube\(s\) of 4\^3 per task and step\): +([\d.]+) labelled voxels/s, (\d+)x the patch mode's ([\d.]+)", out)
+    dense = re.search(r"cube training \(training=cubes, 1 cube\(s\) of 4\^3 per task and step\): +([\d.]+) labelled voxels/s, (\d+)x the patch mode's ([\d.]+)", out)
     assert dense and float(dense.group(1)) > 0 and float(dense.group(3)) > 0
-    assert re.search(r"dense pipeline .*: +[\d.]+ labelled voxels/s, [\d.]+x the dense step", out)
-    from mtseg.training.module import cpu_has_native_bf16
+    assert re.search(r"cube pipeline .*: +[\d.]+ labelled voxels/s, [\d.]+x the cube step", out)
+    from mtseg.runtime.bf16 import cpu_has_native_bf16
     if cpu_has_native_bf16():  # the demo's precision is measured where the CPU computes bf16 natively
-        assert re.search(r"dense training in bf16 autocast .*: +[\d.]+ labelled voxels/s, [\d.]+x fp32", out)
-    memory = re.search(r"dense training step(?: in bf16)? on 3 cubes of 4\^3: peak RSS ([\d.]+) GiB \(([\d.]+) GiB before the first step\)", out)
+        assert re.search(r"cube training in bf16 autocast .*: +[\d.]+ labelled voxels/s, [\d.]+x fp32", out)
+    memory = re.search(r"cube training step(?: in bf16)? on 3 cubes of 4\^3: peak RSS ([\d.]+) GiB \(([\d.]+) GiB before the first step\)", out)
     assert memory and float(memory.group(1)) >= float(memory.group(2)) > 0
     reuse = re.search(r"the same step, fresh processes: ([\d.]+) s with freed memory kept .*, ([\d.]+) s with glibc's defaults "
                       r"\(MTSEG_KEEP_FREED_MEMORY=0; peak RSS ([\d.]+) GiB\): ([\d.]+)x", out)

@@ -8,6 +8,7 @@ import mtseg.data.datamodule as datamodule_module
 from mtseg.data.__main__ import main
 from mtseg.data.check import check_dataset
 from mtseg.data.datamodule import MultiTaskDataModule
+from mtseg.training.patches import PatchTraining
 from niftidata import LPS_ANISOTROPIC, nifti_folder, nnunet_folder, save, volumes
 
 
@@ -54,8 +55,8 @@ def test_check_of_an_nnunet_folder_and_its_errors(tmp_path, capsys):
 
 def data_module(sources, batch_size=4):
     return MultiTaskDataModule(
-        tasks=list(sources), root="unused", batch_size=batch_size, radius=2, pad_value=0.0,
-        queue={"max_length": 40, "samples_per_volume": 20, "block": 5}, seed=0, **sources,
+        tasks=list(sources), root="unused", depth=2, pad_value=0.0, seed=0, **sources,
+        training=PatchTraining(batch_size, queue={"max_length": 40, "samples_per_volume": 20, "block": 5}),
     )
 
 

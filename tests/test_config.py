@@ -2,10 +2,14 @@
 
 import pytest
 from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from mtseg import CONFIG_DIR
 from mtseg.tasks import EXPERIMENTS, LabelSpace, experiment_tasks
+from mtseg.training.cubes import CubeTraining
+from mtseg.training.mode import training_mode_from_config
+from mtseg.training.patches import PatchTraining
 
 
 def compose_train(overrides):
@@ -26,7 +30,7 @@ def test_paper_defaults_and_knob_names():
     cfg = compose_train(["+experiment=brain_breast_cta"])
     assert cfg.schedule.minibatches_per_task == 25000
     assert cfg.schedule.eval_every == 1000
-    assert cfg.data.batch_size == 210
+    assert cfg.training.batch_size == 210
     assert (cfg.model.depth, cfg.model.width, cfg.model.fc_width) == (25, 32, 192)
     assert cfg.trainer.accelerator == "auto"
     assert cfg.seed == 0
@@ -36,7 +40,7 @@ def test_paper_defaults_and_knob_names():
     assert cfg.logger.wandb.name == "brain_breast_cta"
     # every knob is overridable from the command line under the documented name
     knobs = [
-        "schedule.minibatches_per_task=7", "schedule.eval_every=3", "data.batch_size=42",
+        "schedule.minibatches_per_task=7", "schedule.eval_every=3", "training.batch_size=42",
         "model.depth=3", "model.width=8", "model.fc_width=16", "seed=5", "trainer.accelerator=cpu",
     ]
     cfg = compose_train(["+experiment=brain"] + knobs)
@@ -45,12 +49,12 @@ def test_paper_defaults_and_knob_names():
         assert str(OmegaConf.select(cfg, key)) == value
 
 
-@pytest.mark.parametrize(("preset", "mode"), [("demo", "dense"), ("cpu_demo", "dense"), ("cpu_demo_paper", "patch")])
+@pytest.mark.parametrize(("preset", "mode"), [("demo", "cubes"), ("cpu_demo", "cubes"), ("cpu_demo_paper", "patch")])
 def test_cpu_demo_presets_keep_the_papers_network(preset, mode):
     cfg = compose_train(["+experiment=brain_breast_cta", f"+preset={preset}"])
     assert (cfg.model.depth, cfg.model.width, cfg.model.fc_width) == (25, 32, 192)
     assert cfg.schedule.minibatches_per_task < 25000
-    assert cfg.training.mode == mode
+    assert instantiate(cfg.training).name == mode
 
 
 def test_the_demo_preset_is_cpu_demo_with_a_lower_learning_rate_and_reslice_augmentation_of_the_mr():
@@ -69,11 +73,37 @@ def test_the_demo_preset_is_cpu_demo_with_a_lower_learning_rate_and_reslice_augm
     assert templates.data.brain.augmentation.copies == 4
 
 
-def test_training_mode_defaults_to_the_papers_and_dense_knobs_exist():
-    assert compose_train(["+experiment=brain"]).training.mode == "patch"
-    cfg = compose_train(["+experiment=brain", "training=dense", "training.cube=8", "training.cubes_per_task=2"])
-    assert (cfg.training.mode, cfg.training.cube, cfg.training.cubes_per_task) == ("dense", 8, 2)
-    assert cfg.training.queue.max_length > 0 and cfg.training.queue.samples_per_volume > 0
+def test_training_mode_defaults_to_the_papers_and_cube_knobs_exist():
+    assert isinstance(instantiate(compose_train(["+experiment=brain"]).training), PatchTraining)
+    cfg = compose_train(["+experiment=brain", "training=cubes", "training.cube=8", "training.cubes_per_task=2"])
+    mode = instantiate(cfg.training)
+    assert isinstance(mode, CubeTraining) and (mode.cube, mode.cubes_per_task) == (8, 2)
+    assert mode.queue["max_length"] > 0 and mode.queue["samples_per_volume"] > 0
+    # a mode's config is what checkpoints store, and builds the same mode again
+    assert training_mode_from_config(mode.config()).config() == mode.config()
+
+
+def test_the_old_name_of_a_training_mode_still_works_and_names_the_new_one(caplog):
+    old = compose_train(["+experiment=brain", "training=dense", "training.cube=8"])
+    with caplog.at_level("WARNING"):
+        mode = instantiate(old.training)
+    assert isinstance(mode, CubeTraining) and mode.cube == 8
+    assert "training=dense is now training=cubes" in caplog.text
+    new = instantiate(compose_train(["+experiment=brain", "training=cubes", "training.cube=8"]).training)
+    assert mode.config() == new.config()  # so a run started as training=dense resumes as training=cubes
+
+
+def test_a_stored_training_config_names_no_code_outside_the_training_modes():
+    for target in ("os.system", "mtseg.train.train", "mtseg.training.module.MultiTaskSegmentationModule", "builtins.eval"):
+        with pytest.raises(ValueError, match="training mode|not a class"):
+            training_mode_from_config({"_target_": target})
+    # the configs checkpoints stored before modes were objects
+    patch = training_mode_from_config({"mode": "patch"}, {"batch_size": 12, "queue": {"max_length": 120, "samples_per_volume": 40, "block": 10}})
+    assert isinstance(patch, PatchTraining) and patch.batch_size == 12 and patch.queue["max_length"] == 120
+    cubes = training_mode_from_config({"mode": "dense", "cube": 6, "cubes_per_task": 2, "queue": {"max_length": 8, "samples_per_volume": 4, "block": 2}})
+    assert isinstance(cubes, CubeTraining) and cubes.cube == 6
+    with pytest.raises(ValueError, match="unknown training mode 'sideways'"):
+        training_mode_from_config({"mode": "sideways"})
 
 
 def test_sweep_subdirectories_are_named_by_experiment_and_seed():

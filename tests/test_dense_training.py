@@ -1,15 +1,15 @@
-"""Compute-sharing training (training=dense): cubes equal patches, loss weights restore the paper's balance."""
+"""Compute-sharing training (training=cubes, formerly training=dense): cubes equal patches, loss weights restore the paper's balance."""
 
 import pytest
 import torch
 
-from mtseg.data.cube_sampling import IGNORE, ClassBalancedCubeSampler, cube_target_luts
-from mtseg.data.datamodule import prepare_subject
 from mtseg.data.preprocessing import build_preprocessing
-from mtseg.data.sampling import CLASS_INDEX, NOT_ELIGIBLE, VOLUME
-from mtseg.data.training_volumes import TrainingVolumes
+from mtseg.data.sampling import CLASS_INDEX, NOT_ELIGIBLE, VOLUME, draw_balanced_centres
+from mtseg.data.subjects import prepare_subject
+from mtseg.data.training_volumes import IGNORE, TrainingVolumes, channel_table
 from mtseg.data.triplanar import TriplanarVolume
-from mtseg.training.cube_loss import dense_loss, dense_loss_weights
+from mtseg.training.cube_loss import cube_loss, cube_loss_weights
+from mtseg.training.cubes import CubeTraining
 from mtseg.model import TriplanarCNN
 from mtseg.training.module import MultiTaskSegmentationModule
 from mtseg.tasks import LabelSpace
@@ -73,7 +73,7 @@ def test_loss_weights_balance_classes_within_tasks_and_tasks_and_ignore_voxels_a
     target[0, 0] = IGNORE
     target[3, :, 0] = IGNORE
     task = torch.tensor([0, 0, 1, 1])
-    weights = dense_loss_weights(target, task, n_tasks=2, n_classes=5)
+    weights = cube_loss_weights(target, task, n_tasks=2, n_classes=5)
     assert torch.isclose(weights.sum(), torch.tensor(1.0))
     assert (weights[target == IGNORE] == 0).all() and (weights[target != IGNORE] > 0).all()
     voxel_task = task.reshape(-1, 1, 1, 1).expand_as(target)
@@ -84,12 +84,12 @@ def test_loss_weights_balance_classes_within_tasks_and_tasks_and_ignore_voxels_a
     assert weights[(voxel_task == 0) & (target == 3)].unique().numel() == 1
 
 
-def test_dense_loss_is_the_weighted_cross_entropy_and_reports_each_task():
+def test_cube_loss_is_the_weighted_cross_entropy_and_reports_each_task():
     torch.manual_seed(1)
     logits = torch.randn(2, 3, 2, 2, 2)
     target = torch.tensor([0, 1, 1, 1, 0, 1, IGNORE, 1] + [0, 2] * 4).reshape(2, 2, 2, 2)
     task = torch.tensor([0, 1])
-    loss, per_task = dense_loss(logits, target, task, n_tasks=2)
+    loss, per_task = cube_loss(logits, target, task, n_tasks=2)
     ce = torch.nn.functional.cross_entropy(logits, target, reduction="none", ignore_index=IGNORE)
     first = target[0][target[0] != IGNORE]
     expected_0 = 0.5 * ce[0][target[0] == 0].mean() + 0.5 * ce[0][target[0] == 1].mean()
@@ -103,16 +103,20 @@ def test_cube_sampler_yields_blocks_of_cubes_gathered_into_contexts_and_targets_
     subject = toy_subject("brain", 7, shape=(16, 18, 20), rare=6)
     prepared = prepare_subject(subject, build_preprocessing(1.0, 0.0, []), RADIUS, 0.0)
     space = LabelSpace(["brain"])
-    volumes = TrainingVolumes([prepared], RADIUS, cube=4, luts=cube_target_luts(space))
-    sampler = ClassBalancedCubeSampler(RADIUS, cube=4, block=5, generator=torch.Generator().manual_seed(0))
-    centres, starts = sampler.draw_block(prepared, 700)
+    volumes = TrainingVolumes([prepared], RADIUS, channel_table(space))
+    training = CubeTraining(cube=4, queue={"max_length": 10, "samples_per_volume": 5, "block": 5})
+    starts = training.draw_items(prepared, 700, RADIUS, torch.Generator().manual_seed(0))["start"]
+    # the centres the cubes were placed around (drawn from the same generator state)
+    centres, _ = draw_balanced_centres(prepared, 700, torch.Generator().manual_seed(0))
+    assert torch.equal(starts, prepared[VOLUME].cube_start(centres, 4))
     codes = prepared[CLASS_INDEX].codes
     assert (codes[centres] != NOT_ELIGIBLE).all()
     counts = torch.bincount(codes[centres].long(), minlength=7)
     assert counts.tolist() == [100] * 7  # the rare class (two voxels) decides where cubes go as often as any
+    sampler = training.sampler(RADIUS, torch.Generator().manual_seed(0))
     block = next(sampler(prepared))
-    assert block["subject"].tolist() == [0] * 5 and block["start"].shape == (5, 3)
-    batch = volumes({**block, "task": torch.zeros(5, dtype=torch.long)})
+    assert block["volume_id"].tolist() == [0] * 5 and block["start"].shape == (5, 3)
+    batch = training.gather(volumes, {**block, "task": torch.zeros(5, dtype=torch.long)})
     assert batch["context"].shape == (5,) + (4 + 2 * RADIUS,) * 3 and batch["target"].shape == (5, 4, 4, 4)
     volume: TriplanarVolume = prepared[VOLUME]
     for b, (sx, sy, sz) in enumerate(block["start"].tolist()):
@@ -144,19 +148,21 @@ def test_a_cube_larger_than_a_training_volume_is_an_error_naming_the_setting():
     dm = toy_datamodule(["brain"], training={**DENSE, "cube": 17})
     with pytest.raises(ValueError, match=r"training.cube=17 does not fit .* brain_0: \(16, 18, 20\)"):
         dm.setup()
-    with pytest.raises(ValueError, match="training.cubes_per_task must be positive"):
+    with pytest.raises(ValueError, match="training.cubes_per_task must be a positive integer"):
         toy_datamodule(["brain"], training={**DENSE, "cubes_per_task": 0})
+    with pytest.raises(ValueError, match="training.cube must be a positive integer"):
+        CubeTraining(cube=0)
 
 
 def test_depth_other_than_the_padding_and_a_step_beyond_memory_are_errors_before_training():
     dm = toy_datamodule(["brain"], training=DENSE)
-    module = MultiTaskSegmentationModule(["brain"], model={"depth": RADIUS + 1, "width": 4, "fc_width": 8})
+    module = MultiTaskSegmentationModule(["brain"], model={"depth": RADIUS + 1, "width": 4, "fc_width": 8}, training=DENSE)
     module._trainer = type("T", (), {"datamodule": dm})()
     with pytest.raises(ValueError, match=r"model.depth=4"):
         module.on_fit_start()
-    huge = toy_datamodule(["brain"], training={**DENSE, "cube": 2000, "cubes_per_task": 64})
-    module = MultiTaskSegmentationModule(["brain"], model={"depth": RADIUS, "width": 4, "fc_width": 8})
-    module._trainer = type("T", (), {"datamodule": huge})()
+    huge = {**DENSE, "cube": 2000, "cubes_per_task": 64}
+    module = MultiTaskSegmentationModule(["brain"], model={"depth": RADIUS, "width": 4, "fc_width": 8}, training=huge)
+    module._trainer = type("T", (), {"datamodule": toy_datamodule(["brain"], training=huge)})()
     with pytest.raises(ValueError, match=r"training.cubes_per_task=64, training.cube=2000\) needs about .* GiB"):
         module.on_fit_start()
 
@@ -165,7 +171,8 @@ def test_a_dense_step_lowers_the_loss_on_separable_toy_data():
     torch.manual_seed(0)
     dm = toy_datamodule(["brain", "breast"], training=DENSE, separable=True)
     dm.setup()
-    module = MultiTaskSegmentationModule(["brain", "breast"], model={"depth": RADIUS, "width": 8, "fc_width": 16, "dropout": 0.0}, lr=1e-2)
+    module = MultiTaskSegmentationModule(["brain", "breast"], model={"depth": RADIUS, "width": 8, "fc_width": 16, "dropout": 0.0}, lr=1e-2,
+                                         training=dm.training)
     optimizer = module.build_optimizer()
     batches = iter(dm.train_batches())
     losses = []

@@ -47,8 +47,8 @@ PLACEHOLDER = "\N{MATHEMATICAL LEFT ANGLE BRACKET}placeholder\N{MATHEMATICAL RIG
 #: Modules whose command line is Hydra's, and their config.
 HYDRA_MODULES = {"mtseg.train": "train", "mtseg.evaluate": "evaluate"}
 #: What the Hydra overrides of an argparse command are composed on top of (mtseg.bench's dense section
-#: composes ``training=dense`` with all of them; its patch section the others without ``training.*``).
-OVERRIDES_BASE = {"mtseg.bench": ["training=dense"]}
+#: composes ``training=cubes`` with all of them; its patch section the others without ``training.*``).
+OVERRIDES_BASE = {"mtseg.bench": ["training=cubes"]}
 #: Hydra's own flags: name -> takes a value.
 HYDRA_FLAGS = {"-m": False, "--multirun": False, "-c": True, "--cfg": True, "-p": True, "--package": True,
                "--resolve": False, "--info": False, "-i": False, "-h": False, "--help": False, "--hydra-help": False,

@@ -10,7 +10,7 @@ from mtseg.model import TriplanarCNN
 from mtseg.tasks import EXPERIMENTS
 
 TINY = [
-    "model.depth=3", "model.width=8", "model.fc_width=16", "data.queue.max_length=60", "data.queue.samples_per_volume=20",
+    "model.depth=3", "model.width=8", "model.fc_width=16", "training.queue.max_length=60", "training.queue.samples_per_volume=20",
     *(f"data.{t}.shape=[32,32,32]" for t in ("brain", "breast", "cta")),
     *(f"data.{t}.{n}=1" for t in ("brain", "breast", "cta") for n in ("n_train", "n_test")),
 ]

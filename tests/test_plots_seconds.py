@@ -32,12 +32,16 @@ def test_runs_of_one_mode_are_told_apart_by_what_a_step_held():
     (ax,) = plot_dice_against_seconds([dense, small, paper]).axes
     lines = {line.get_label(): line for line in ax.get_lines()}
     assert list(lines) == [
-        "1: brain, training=dense (32 cubes of 2³ per task), seed 0",
-        "1: brain, training=patch (batch 96), seed 0",
-        "1: brain, training=patch (batch 210), seed 0",
+        "1: brain, training=dense (32 cube(s) of 2^3 voxels), seed 0",
+        "1: brain, training=patch (96 samples), seed 0",
+        "1: brain, training=patch (210 samples), seed 0",
     ]
     assert len({line.get_marker() for line in lines.values()}) == 3
-    assert list(lines["1: brain, training=patch (batch 210), seed 0"].get_xdata()) == [40.0, 80.0]
+    assert list(lines["1: brain, training=patch (210 samples), seed 0"].get_xdata()) == [40.0, 80.0]
+    # a summary of today says what a step held
+    paper.summary = {"minibatch": "210 samples", "training_mode": "patch"}
+    (ax,) = plot_dice_against_seconds([paper]).axes
+    assert [line.get_label() for line in ax.get_lines()] == ["1: brain, training=patch (210 samples), seed 0"]
 
 
 def test_a_summary_without_whole_numbers_leaves_the_step_out_of_the_label():

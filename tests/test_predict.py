@@ -268,7 +268,7 @@ def test_the_intensity_agreement_decides_between_modalities(tmp_path, monkeypatc
     preprocessing (CT maps soft tissue above 1, MRI never): without the training range the two passes
     tie and the larger foreground (brain) wins; with it, the CT in HU is recognised as CTA."""
     import mtseg.inference.segmenter as segmenter
-    from mtseg.inference.dense import Segmentation
+    from mtseg.inference.dense import DenseOutput
 
     CORONARY = 7  # brain_cta: 0 background, 1-6 brain tissues, 7 coronary arteries
 
@@ -282,7 +282,7 @@ def test_the_intensity_agreement_decides_between_modalities(tmp_path, monkeypatc
             labels[mask] = WHITE_MATTER
         kept = list(channels or [])
         probabilities = torch.stack([(labels == c).float() for c in kept]) if kept else None
-        return Segmentation(labels, probabilities, tuple(kept))
+        return DenseOutput(labels, probabilities, tuple(kept))
 
     monkeypatch.setattr(segmenter, "segment_volume", by_preprocessing)
     network = write_checkpoint(tmp_path / "net.ckpt", ["brain", "cta"], thresholds={"cta": 0.5}, negative_range=negative_range)

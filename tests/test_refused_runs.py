@@ -13,7 +13,7 @@ from hydra import compose, initialize_config_dir
 from mtseg import CONFIG_DIR
 from mtseg.data.__main__ import main as data_main
 from mtseg.training.run_folder import remove_refused_run
-from mtseg.settings import TRAIN_RULES, check_settings, config_values
+from mtseg.settings import TRAIN_RULES, check_moved_settings, check_settings, config_values
 from test_bad_input import save
 from test_brain_templates import fake_wheels
 
@@ -43,7 +43,7 @@ def test_a_refused_multirun_leaves_no_sweep_folder(tmp_path):
     [
         ("optimizer.lr=abc", "optimizer.lr='abc': expected a number > 0"),
         ("optimizer.lr=0", "optimizer.lr=0: expected a number > 0"),
-        ("data.batch_size=-1", "data.batch_size=-1: expected an integer >= 1"),
+        ("data.batch_size=12", "data.batch_size is now training.batch_size (the training mode owns it: conf/training); set training.batch_size instead"),
         ("training.cubes_per_task=-3", "training.cubes_per_task=-3: expected an integer >= 1"),
         ("data.val_images_per_task=0", "data.val_images_per_task=0: expected an integer >= 1 (or null)"),
         ("schedule.eval_every=0", "schedule.eval_every=0: expected an integer >= 1"),
@@ -54,8 +54,9 @@ def test_a_refused_multirun_leaves_no_sweep_folder(tmp_path):
 )
 def test_training_settings_are_refused_by_type_and_range(override, message):
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        cfg = compose("train", overrides=["training=dense", override])
+        cfg = compose("train", overrides=["training=cubes", override])
     with pytest.raises(ValueError) as error:
+        check_moved_settings(cfg)
         check_settings(config_values(cfg, TRAIN_RULES), TRAIN_RULES)
     assert str(error.value) == message
 

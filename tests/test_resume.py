@@ -9,7 +9,7 @@ import sys
 import pytest
 import torch
 
-from tests.test_train import TINY, learning_curve, run_train
+from tests.test_train import learning_curve, run_train, tiny
 
 #: Run mtseg.train with a SIGTERM sent to itself right after optimiser step K (argv[1]), as
 #: `kill`, `timeout` or SLURM would send it: deterministic, whatever the machine's speed.
@@ -30,7 +30,7 @@ runpy.run_module("mtseg.train", run_name="__main__")
 
 def killed_run(tmp_path, step, *overrides, signal_name="SIGTERM"):
     env = os.environ | {"WANDB_MODE": "disabled", "MTSEG_DATA_DIR": str(tmp_path / "data"), "MTSEG_OUTPUT_DIR": str(tmp_path / "out")}
-    command = [sys.executable, "-c", KILLED_AT, str(step), signal_name, *TINY, *overrides]
+    command = [sys.executable, "-c", KILLED_AT, str(step), signal_name, *tiny(*overrides)]
     return subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
 
 
@@ -41,8 +41,8 @@ def weights(run):
 @pytest.mark.parametrize(
     "mode, overrides, kill_at",
     [
-        # dense: one step per mini-batch per task; evaluations at 2, 4, 6: step 3 is inside a sampling segment
-        ("dense", ["training=dense", "training.cube=6", "training.cubes_per_task=2", "schedule.minibatches_per_task=6"], 3),
+        # cubes: one step per mini-batch per task; evaluations at 2, 4, 6: step 3 is inside a sampling segment
+        ("cubes", ["training=cubes", "training.cube=6", "training.cubes_per_task=2", "schedule.minibatches_per_task=6"], 3),
         # patch (the paper's): 2 steps per mini-batch per task; evaluations at 4 and 8: step 5 is inside a segment
         ("patch", [], 5),
     ],
@@ -86,7 +86,7 @@ def test_resuming_with_other_settings_is_refused(tmp_path):
         (["+experiment=breast", "seed=5"], "was trained with seed=0"),
         (["+experiment=cta"], "belongs to experiment breast, not cta"),
     ]:
-        args = [*TINY, "schedule.minibatches_per_task=2", f"ckpt_path={last}", *overrides]
+        args = tiny("schedule.minibatches_per_task=2", f"ckpt_path={last}", *overrides)
         result = subprocess.run([sys.executable, "-m", "mtseg.train", *args], env=env, capture_output=True, text=True, timeout=300)
         assert result.returncode == 1 and message in result.stderr and "Traceback" not in result.stderr, result.stderr[-2000:]
 

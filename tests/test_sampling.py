@@ -4,24 +4,24 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mtseg.data.datamodule import prepare_subject
 from mtseg.data.preprocessing import build_preprocessing
 from mtseg.data.sampling import (
     CLASS_INDEX,
     CLASS_QUOTA,
     NOT_ELIGIBLE,
-    SUBJECT_ID,
     VOLUME,
-    BlockQueue,
-    ClassBalancedTriplanarSampler,
+    VOLUME_ID,
     ClassVoxelIndex,
     class_quotas,
     proportional_counts,
 )
+from mtseg.data.subjects import prepare_subject
+from mtseg.data.torchio_adapters import BlockQueue
 from mtseg.data.training_volumes import TrainingVolumes
 from mtseg.data.triplanar import TriplanarVolume
 from mtseg.tasks import LabelSpace
-from toydata import RADIUS, cube_context, toy_datamodule, toy_subject
+from mtseg.training.patches import PatchTraining
+from toydata import RADIUS, TOY_QUEUE, cube_context, toy_datamodule, toy_subject
 
 
 def test_triplanar_planes_match_slices_of_the_padded_volume():
@@ -95,13 +95,14 @@ def test_minibatches_are_balanced_over_tasks_and_classes_with_centres_above_thre
     labels = {t: [s["label"].data[0].flatten() for s in dm.subjects[t]["train"]] for t in tasks}
     subject_task = [t for t in tasks for _ in dm.subjects[t]["train"]]
     for _ in range(n_batches):
-        batch = dm.gather(next(batches))
+        indices = next(batches)
+        batch = dm.gather(indices)
         # the indices name a training image of the sample's task and a voxel of the sample's class
         for task_id, task in enumerate(space.tasks):
             mine = batch["task"] == task_id
-            assert {subject_task[i] for i in batch["subject"][mine].tolist()} == {task}
+            assert {subject_task[i] for i in indices["volume_id"][mine].tolist()} == {task}
             first = sum(len(dm.subjects[t]["train"]) for t in tasks[:task_id])
-            local = torch.stack([labels[task][i - first][c] for i, c in zip(batch["subject"][mine].tolist(), batch["centre"][mine])])
+            local = torch.stack([labels[task][i - first][c] for i, c in zip(indices["volume_id"][mine].tolist(), indices["centre"][mine])])
             assert torch.equal(space.global_labels(task)[local.long()], batch["target"][mine])
         assert batch["planes"].shape == (100, 3, 2 * RADIUS + 1, 2 * RADIUS + 1)
         centre = batch["planes"][:, :, RADIUS, RADIUS]
@@ -131,18 +132,20 @@ def test_queue_sampler_yields_blocks_of_centres_whose_labels_match_the_centre_vo
     dm = toy_datamodule(["brain"])
     dm.setup()
     subject = dm.subjects["brain"]["train"][1]
-    sampler = ClassBalancedTriplanarSampler(RADIUS, block=10)
+    training = PatchTraining(queue=TOY_QUEUE)
+    sampler = training.sampler(RADIUS, torch.Generator().manual_seed(0))
     label = subject["label"].data[0].flatten()
     image = subject["image"].data[0].flatten()
-    centres, labels = sampler.draw_block(subject, 70)
+    items = training.draw_items(subject, 70, RADIUS, torch.Generator().manual_seed(0))
+    centres, labels = items["centre"], items["label"]
     assert torch.bincount(labels, minlength=7).tolist() == [10] * 7  # one visit: exactly balanced
     assert torch.equal(label[centres].long(), labels)
-    planes = dm.training_volumes.planes(torch.full((70,), subject[SUBJECT_ID]), centres)
+    planes = dm.training_volumes.planes(torch.full((70,), subject[VOLUME_ID]), centres)
     assert torch.equal(planes[:, :, RADIUS, RADIUS], image[centres][:, None].expand(70, 3))
     # the queue's path: 6 blocks of 10 per visit (60 samples per volume), each from this subject
     assert subject["num_samples"] == 6
     blocks = [b for _, b in zip(range(6), sampler(subject))]
-    assert all(b["subject"].tolist() == [1] * 10 and len(b["centre"]) == len(b["label"]) == 10 for b in blocks)
+    assert all(b["volume_id"].tolist() == [1] * 10 and len(b["centre"]) == len(b["label"]) == 10 for b in blocks)
     labels = torch.cat([b["label"] for b in blocks])
     assert set(torch.bincount(labels, minlength=7).tolist()) == {8, 9}
     assert torch.equal(label[torch.cat([b["centre"] for b in blocks])].long(), labels)
@@ -154,26 +157,25 @@ def test_training_volumes_gather_the_patches_and_cubes_of_volumes_of_any_shape_w
     prepared = [prepare_subject(s, build_preprocessing(1.0, 0.0, []), RADIUS, -0.5) for s in subjects]
     luts = torch.full((1, NOT_ELIGIBLE + 1), -100)
     luts[0, :2] = torch.tensor([0, 1])
-    volumes = TrainingVolumes(prepared, RADIUS, cube=3, luts=luts)
+    volumes = TrainingVolumes(prepared, RADIUS, luts)
     for index, subject in enumerate(prepared):  # the prepared volumes are views of the buffer: nothing held twice
-        assert subject[SUBJECT_ID] == index
+        assert subject[VOLUME_ID] == index
         assert subject["image"].data.untyped_storage().data_ptr() == volumes.intensities.untyped_storage().data_ptr()
         assert subject[VOLUME].padded.untyped_storage().data_ptr() == volumes.intensities.untyped_storage().data_ptr()
     ids = torch.randint(3, (200,), generator=generator)
     centres = torch.stack([torch.randint(prepared[i][VOLUME].interior.numel(), (), generator=generator) for i in ids.tolist()])
     corners = torch.tensor([0, 5 * 6 - 1, 7 * 5 * 6 - 1])  # first, a face's last and the last voxel of the 7x5x6 volume
     ids, centres = torch.cat([ids, torch.ones(3, dtype=torch.long)]), torch.cat([centres, corners])
-    planes = volumes({"subject": ids, "centre": centres})["planes"]
+    planes = volumes.planes(ids, centres)
     for b, (i, c) in enumerate(zip(ids.tolist(), centres)):
         assert torch.equal(planes[b], prepared[i][VOLUME].extract(c[None])[0])
     starts = torch.cat([prepared[i][VOLUME].cube_start(c[None], 3) for i, c in zip(ids.tolist(), centres)])
-    batch = volumes({"subject": ids, "start": starts, "task": torch.zeros_like(ids)})
+    context, codes = volumes.cubes(ids, starts, 3)
     for b, (i, start) in enumerate(zip(ids.tolist(), starts.tolist())):
         volume = prepared[i][VOLUME]
-        assert torch.equal(batch["context"][b], cube_context(volume, start, 3))
+        assert torch.equal(context[b], cube_context(volume, start, 3))
         x, y, z = start
-        codes = prepared[i][CLASS_INDEX].codes.view(volume.shape)[x : x + 3, y : y + 3, z : z + 3]
-        assert torch.equal(batch["target"][b], luts[0][codes.long()])
+        assert torch.equal(codes[b], prepared[i][CLASS_INDEX].codes.view(volume.shape)[x : x + 3, y : y + 3, z : z + 3])
     assert volumes.to("cpu") is volumes
 
 
@@ -187,14 +189,15 @@ def test_block_queues_hand_out_every_sample_once_in_takes_that_cut_blocks():
 
 
 def test_a_queue_block_larger_than_a_visit_is_an_error_naming_the_setting():
+    with pytest.raises(ValueError, match=r"training.queue: need 1 <= block <= samples_per_volume <= max_length, got block=61"):
+        PatchTraining(queue={**TOY_QUEUE, "block": 61})
+    with pytest.raises(ValueError, match=r"training.queue.block is not set"):
+        PatchTraining(queue={k: v for k, v in TOY_QUEUE.items() if k != "block"})
     dm = toy_datamodule(["brain"])
-    dm.queue_cfg["block"] = 61
-    with pytest.raises(ValueError, match=r"data.queue: need 1 <= block <= samples_per_volume <= max_length, got block=61"):
+    dm.training = None
+    with pytest.raises(ValueError, match=r"needs a training mode"):
         dm.setup()
     assert dm.subjects == {}  # refused before any preprocessing
-    del dm.queue_cfg["block"]
-    with pytest.raises(ValueError, match=r"data.queue.block is not set"):
-        dm.setup()
     dm.setup("validate")  # evaluating a checkpoint needs no queue (one saved before blocks existed has none)
     assert set(dm.subjects["brain"]) == {"test"}
 
@@ -265,9 +268,9 @@ def test_each_ddp_process_draws_its_own_balanced_share_of_the_mini_batch():
     dm.setup()
     single = next(iter(dm.train_batches(2)))
     shares = [next(iter(dm.train_batches(2, rank=rank, world_size=2))) for rank in (0, 1)]
-    assert len(single["target"]) == 12 and all(len(s["target"]) == 6 for s in shares)
+    assert len(single["label"]) == 12 and all(len(s["label"]) == 6 for s in shares)
     for share in shares:  # task balance within each process
         assert torch.bincount(share["task"], minlength=2).tolist() == [3, 3]
     assert not torch.equal(shares[0]["centre"], shares[1]["centre"])  # streams seeded by rank
-    with pytest.raises(ValueError, match=r"data.batch_size=12 cannot be split over 5 processes"):
+    with pytest.raises(ValueError, match=r"training.batch_size=12 cannot be split over 5 processes"):
         dm.train_batches(2, rank=0, world_size=5)

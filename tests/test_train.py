@@ -17,12 +17,12 @@ import torch
 from nbclient import NotebookClient
 
 from mtseg.checkpoint import load_checkpoint
-from mtseg.training.module import CHECKPOINT_KEY, MultiTaskSegmentationModule, lr_factor
+from mtseg.training.lr_schedule import lr_factor
+from mtseg.training.module import CHECKPOINT_KEY, MultiTaskSegmentationModule
 
 TINY = [
     "model.depth=3", "model.width=8", "model.fc_width=16",
-    "schedule.minibatches_per_task=4", "schedule.eval_every=2", "data.batch_size=12",
-    "data.queue.max_length=120", "data.queue.samples_per_volume=40",
+    "schedule.minibatches_per_task=4", "schedule.eval_every=2",
     "data.brain.shape=[48,48,48]", "data.breast.shape=[48,40,32]", "data.cta.shape=[48,48,40]",
     "data.brain.n_train=1", "data.breast.n_train=1", "data.cta.n_train=1",
     "data.brain.n_test=1", "data.breast.n_test=1", "data.cta.n_test=1",
@@ -30,9 +30,19 @@ TINY = [
 ]
 
 
+#: The tiny runs' settings of the paper's training mode (training=patch, the default).
+TINY_PATCH = ["training.batch_size=12", "training.queue.max_length=120", "training.queue.samples_per_volume=40"]
+
+
+def tiny(*overrides) -> list[str]:
+    """:data:`TINY`, the paper's mode's tiny settings unless another mode is chosen, and ``overrides``."""
+    other_mode = any(o.startswith("training=") and o != "training=patch" for o in overrides)
+    return [*TINY, *([] if other_mode else TINY_PATCH), *overrides]
+
+
 def run_train(tmp_path, *overrides, multirun=False):
     env = os.environ | {"WANDB_MODE": "disabled", "MTSEG_DATA_DIR": str(tmp_path / "data"), "MTSEG_OUTPUT_DIR": str(tmp_path / "out")}
-    command = [sys.executable, "-m", "mtseg.train", *(["-m"] if multirun else []), *TINY, *overrides]
+    command = [sys.executable, "-m", "mtseg.train", *(["-m"] if multirun else []), *tiny(*overrides)]
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-4000:]
     return result
@@ -199,18 +209,18 @@ def test_same_seed_same_learning_curve(tmp_path):
 
 
 def test_dense_training_is_reproducible_and_its_checkpoint_is_evaluated_like_any_other(tmp_path):
-    dense = ["+experiment=breast_cta", "training=dense", "training.cube=6", "training.cubes_per_task=2", "seed=2",
+    dense = ["+experiment=breast_cta", "training=cubes", "training.cube=6", "training.cubes_per_task=2", "seed=2",
              "optimizer.lr_decay=cosine", "optimizer.warmup=0.25", "trainer.precision=bf16-mixed"]
     curves = []
     for name in ("a", "b"):
         result = run_train(tmp_path, *dense, "hydra.run.dir=" + str(tmp_path / name))
         curves.append(learning_curve(tmp_path / name))
     assert curves[0] == curves[1] and len(curves[0]) == 2 * 2
-    assert "2 cube(s) of 6^3 voxels, training=dense" in result.stdout
+    assert "2 cube(s) of 6^3 voxels, training=cubes" in result.stdout
     run = tmp_path / "b"
     summary = json.loads((run / "summary.json").read_text())
     # dense steps hold a cube of every task: 4 mini-batches per task are 4 steps, evaluated at 2 and 4
-    assert summary["training"]["mode"] == "dense" and summary["steps"] == 4 and summary["minibatches_per_task"] == 4
+    assert summary["training_mode"] == "cubes" and summary["steps"] == 4 and summary["minibatches_per_task"] == 4
     assert sorted({int(step) for step, *_ in curves[0]}) == [2, 4]
     checkpoint = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True, map_location="cpu")
     assert checkpoint[CHECKPOINT_KEY]["training"]["cube"] == 6
@@ -241,7 +251,7 @@ def test_the_learning_rate_schedules():
 def test_unknown_experiment_is_a_clear_error(tmp_path):
     env = os.environ | {"WANDB_MODE": "disabled", "MTSEG_OUTPUT_DIR": str(tmp_path / "out")}
     result = subprocess.run(
-        [sys.executable, "-m", "mtseg.train", "+experiment=liver", *TINY], env=env, capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "mtseg.train", "+experiment=liver", *tiny()], env=env, capture_output=True, text=True, timeout=120
     )
     assert result.returncode != 0
     assert "Could not find 'experiment/liver'" in result.stderr
@@ -250,7 +260,7 @@ def test_unknown_experiment_is_a_clear_error(tmp_path):
 
 def test_a_sweep_gives_each_experiment_its_own_run_and_wandb_run_in_one_group(tmp_path):
     env_out = tmp_path / "out"
-    command = [sys.executable, "-m", "mtseg.train", "-m", "+experiment=brain,breast_cta", *TINY, "schedule.minibatches_per_task=1"]
+    command = [sys.executable, "-m", "mtseg.train", "-m", "+experiment=brain,breast_cta", *tiny(), "schedule.minibatches_per_task=1"]
     env = os.environ | {"WANDB_MODE": "offline", "MTSEG_DATA_DIR": str(tmp_path / "data"), "MTSEG_OUTPUT_DIR": str(env_out)}
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-4000:]
@@ -284,7 +294,7 @@ def test_evaluate_rejects_a_checkpoint_not_written_by_mtseg(tmp_path):
 
 def test_a_piped_run_shows_its_progress_and_no_library_noise(tmp_path):
     env = os.environ | {"WANDB_MODE": "offline", "MTSEG_DATA_DIR": str(tmp_path / "data"), "MTSEG_OUTPUT_DIR": str(tmp_path / "out")}
-    command = [sys.executable, "-m", "mtseg.train", *TINY, "+experiment=breast", "schedule.minibatches_per_task=2",
+    command = [sys.executable, "-m", "mtseg.train", *tiny(), "+experiment=breast", "schedule.minibatches_per_task=2",
                "progress_every_seconds=0", "hydra.run.dir=" + str(tmp_path / "run")]
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)  # a pipe, as `| tee log`
     assert result.returncode == 0, result.stderr[-3000:]
@@ -332,7 +342,7 @@ def test_ddp_on_two_cpu_processes_writes_one_run(tmp_path):
 
 def test_ddp_in_a_local_multirun_is_refused(tmp_path):
     env = os.environ | {"WANDB_MODE": "disabled", "MTSEG_DATA_DIR": str(tmp_path / "data"), "MTSEG_OUTPUT_DIR": str(tmp_path / "out")}
-    command = [sys.executable, "-m", "mtseg.train", "-m", *TINY, "+experiment=breast,cta", "trainer=ddp", "trainer.accelerator=cpu",
+    command = [sys.executable, "-m", "mtseg.train", "-m", *tiny(), "+experiment=breast,cta", "trainer=ddp", "trainer.accelerator=cpu",
                "trainer.devices=2", "logger=none", "hydra.sweep.dir=" + str(tmp_path / "sweep")]
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 1 and "trainer=ddp in a local multirun" in result.stderr and "Traceback" not in result.stderr

@@ -5,6 +5,8 @@ import torch
 import torchio as tio
 
 from mtseg.data.datamodule import MultiTaskDataModule
+from mtseg.training.mode import TrainingMode, training_mode_from_config
+from mtseg.training.patches import PatchTraining
 
 RADIUS = 3
 
@@ -41,22 +43,20 @@ def toy_subject(task: str, n_classes: int, shape=(16, 18, 20), seed=0, rare=None
     )
 
 
+#: The toy data module's queue in the paper's mode.
+TOY_QUEUE = {"max_length": 300, "samples_per_volume": 60, "block": 10}
+
+
 def toy_datamodule(tasks, batch_size=42, rare=None, subjects=None, separable=False, training=None):
     sources = {
         t: {"source": "in-memory", "preprocessing": {"spacing": 1.0, "threshold": 0.0, "intensity": []}}
         for t in tasks
     }
-    dm = MultiTaskDataModule(
-        tasks=tasks,
-        root="unused",
-        batch_size=batch_size,
-        radius=RADIUS,
-        pad_value=0.0,
-        queue={"max_length": 300, "samples_per_volume": 60, "block": 10},
-        seed=0,
-        training=training,
-        **sources,
-    )
+    if training is None:  # the paper's mode
+        training = PatchTraining(batch_size, queue=TOY_QUEUE)
+    elif not isinstance(training, TrainingMode):  # a config, as conf/training or a checkpoint holds it
+        training = training_mode_from_config(training)
+    dm = MultiTaskDataModule(tasks=tasks, root="unused", depth=RADIUS, pad_value=0.0, seed=0, training=training, **sources)
     n_classes = {"brain": 7, "breast": 2, "cta": 2}
     if subjects is None:
         subjects = {

@@ -21,14 +21,11 @@ from __future__ import annotations
 import zlib
 from collections.abc import Callable, Mapping, Sequence
 
-import numpy as np
 import torch
 import torchio as tio
 
+from mtseg.data.seeds import AUGMENTATION, seed_integer
 from mtseg.tasks import TASK_ORDER
-
-#: Part of every augmentation seed, so augmentation draws differ from the sampler's.
-AUGMENTATION_KEY = 3
 
 PrepareFn = Callable[[tio.Subject, Callable[[tio.Subject], tio.Subject]], tio.Subject]
 
@@ -60,8 +57,7 @@ class TrainingAugmentation:
         return cls(list(cfg.get("transforms") or []), int(cfg.get("copies", 0)), seed, task)
 
     def copy_seed(self, case_id: str, copy: int) -> int:
-        keys = [self.seed, AUGMENTATION_KEY, TASK_ORDER.index(self.task), zlib.crc32(str(case_id).encode()), copy]
-        return int(np.random.SeedSequence(keys).generate_state(1, dtype=np.uint64)[0] >> 1)
+        return seed_integer(self.seed, AUGMENTATION, TASK_ORDER.index(self.task), zlib.crc32(str(case_id).encode()), copy)
 
     def augment(self, subject: tio.Subject, copy: int) -> tio.Subject:
         """Copy number ``copy`` of a preprocessed ``subject`` (a new subject; ``subject`` is unchanged)."""
@@ -79,7 +75,7 @@ class TrainingAugmentation:
             subject: A raw subject from a source.
             preprocessing: The task's preprocessing.
             prepare: Checks and prepares a subject for sampling given a transform to apply
-                first (:func:`mtseg.data.datamodule.prepare_subject` with its radius and padding).
+                first (:func:`mtseg.data.subjects.prepare_subject` with its radius and padding).
             training: Whether ``subject`` is a training image (only those are augmented).
         """
         if not training or self.copies == 0:

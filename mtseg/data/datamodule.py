@@ -1,198 +1,43 @@
-"""Lightning data module: per-task TorchIO queues merged into task-balanced mini-batches."""
+"""Lightning data module: one experiment's training images behind one TorchIO queue per task, and its held-out images.
+
+The training mode (:class:`~mtseg.training.mode.TrainingMode`) decides what the queues hold, how a
+mini-batch is drawn from them and how it is gathered on the training device; this module prepares
+the subjects (:mod:`mtseg.data.subjects`), builds the queues (:mod:`mtseg.data.torchio_adapters`)
+and the stream of mini-batches (:mod:`mtseg.data.minibatch_stream`), and serves the held-out images
+(:mod:`mtseg.data.held_out`).
+"""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import lightning as L
 import numpy as np
 import torch
 import torchio as tio
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from mtseg.data.augmentation import TrainingAugmentation
 from mtseg.data.check import check_subjects
-from mtseg.data.cube_sampling import ClassBalancedCubeSampler, TaskBalancedCubes, cube_target_luts
-from mtseg.data.preprocessing import IMAGE, LABEL, SAMPLING_MASK, build_preprocessing
-from mtseg.data.sampling import (
-    CLASS_INDEX,
-    CLASS_QUOTA,
-    NUM_SAMPLES,
-    SAMPLING,
-    VOLUME,
-    BlockQueue,
-    ClassBalancedTriplanarSampler,
-    ClassVoxelIndex,
-    MinibatchStream,
-    class_quotas,
-    proportional_counts,
-    rank_keys,
-    seeded_generator,
-)
+from mtseg.data.held_out import HeldOutImage, HeldOutImages
+from mtseg.data.minibatch_stream import MinibatchStream
+from mtseg.data.preprocessing import LABEL, build_preprocessing
+from mtseg.data.sampling import CLASS_INDEX, CLASS_QUOTA, NUM_SAMPLES, class_quotas
+from mtseg.data.seeds import SAMPLING, rank_keys, seeded_generator
 from mtseg.data.sources import task_subjects
-from mtseg.data.training_volumes import TrainingVolumes
-from mtseg.data.triplanar import TriplanarVolume
-from mtseg.tasks import TASK_ORDER, LabelSpace, check_label_range, get_task
+from mtseg.data.subjects import prepare_subject
+from mtseg.data.torchio_adapters import BlockQueue, sampling_queue
+from mtseg.data.training_volumes import TrainingVolumes, channel_table
+from mtseg.tasks import TASK_ORDER, LabelSpace, get_task
+
+if TYPE_CHECKING:  # the data module runs whichever mode it is given
+    from mtseg.training.mode import TrainingMode
 
 log = logging.getLogger(__name__)
-
-class PreparedSubjectsDataset(tio.SubjectsDataset):
-    """Subjects preprocessed once and kept in memory.
-
-    TorchIO's dataset deep-copies every subject it hands to the queue; these subjects
-    are only read by the sampler, so they are handed over as they are and a refill
-    costs no copy of the volume.
-    """
-
-    def __getitem__(self, index: int) -> tio.Subject:
-        subject = self._subjects[int(index)]
-        return self._transform(subject) if self._transform is not None else subject
-
-
-def sampling_queue(subjects: Sequence[tio.Subject], sampler, max_length: int, samples_per_volume: int, block: int) -> BlockQueue:
-    """A TorchIO queue of blocks of ``block`` training items drawn by ``sampler`` from prepared ``subjects``.
-
-    ``max_length`` and ``samples_per_volume`` count items (samples or cubes), as in the config;
-    the queue holds ``max_length // block`` blocks. Served from the main process: the subjects
-    are preprocessed once and held in memory, workers would copy whole volumes, and an item is
-    only a block of indices (the gather runs on the training device).
-    """
-    return BlockQueue(
-        tio.Queue(
-            PreparedSubjectsDataset(list(subjects)),
-            max_length=max(1, max_length // block),
-            samples_per_volume=max(1, samples_per_volume // block),
-            sampler=sampler,
-            num_workers=0,
-            shuffle_subjects=True,
-            shuffle_patches=True,
-        )
-    )
-
-
-def prepare_subject(subject: tio.Subject, preprocessing: tio.Transform, radius: int, pad_value: float) -> tio.Subject:
-    """Preprocess ``subject`` and attach its padded volume and class voxel index.
-
-    The returned subject keeps ``image``, ``label`` and ``sampling_mask`` (whole-volume
-    evaluation needs them) plus :data:`VOLUME` and :data:`CLASS_INDEX` for sampling.
-    Its image is a view of the padded volume and its labels are bytes, so a prepared
-    volume costs about 4 bytes per voxel for intensities plus 3 bytes for label, mask
-    and class codes.
-    """
-    path = subject[IMAGE].path
-    if subject[IMAGE].data.ndim != 4 or subject[IMAGE].data.shape[0] != 1:
-        raise ValueError(f"{path}: expected a single-channel 3-D image, got shape {tuple(subject[IMAGE].shape)}")
-    try:
-        subject.check_consistent_space()
-    except RuntimeError as error:
-        raise ValueError(
-            f"{path} and its label {subject[LABEL].path} differ in shape or geometry: "
-            f"{tuple(subject[IMAGE].shape)} vs {tuple(subject[LABEL].shape)}, affines\n"
-            f"{subject[IMAGE].affine}\nvs\n{subject[LABEL].affine}"
-        ) from error
-    prepared = preprocessing(subject)
-    task = get_task(prepared["task"])
-    label = prepared[LABEL].data[0]
-    if label.is_floating_point() and not torch.equal(label, label.round()):
-        raise ValueError(f"{subject[LABEL].path}: label map holds non-integer values")
-    check_label_range(label, task.n_classes, str(subject[LABEL].path), task.name)
-    eligible = prepared[SAMPLING_MASK].data[0].bool()
-    if not eligible.any():
-        raise ValueError(
-            f"{path}: no voxel has intensity above the sampling threshold of task {task.name!r}; "
-            f"lower data.{task.name}.preprocessing.threshold"
-        )
-    label = label.to(torch.uint8)
-    prepared[LABEL].set_data(label[None])
-    volume = TriplanarVolume(prepared[IMAGE].data[0], radius, pad_value)
-    prepared[IMAGE].set_data(volume.interior[None])
-    prepared[VOLUME] = volume
-    prepared[CLASS_INDEX] = ClassVoxelIndex(label, eligible, task.n_classes)
-    return prepared
-
-
-class TaskBalancedBatches(MinibatchStream):
-    """Mini-batches of triplanar sample indices drawn from one TorchIO queue per task.
-
-    Each mini-batch holds ``batch_size // T`` samples of each of the ``T`` tasks,
-    the remainder going to tasks drawn at random (with the segment's generator): a dict with
-    ``subject``, ``centre`` (flat voxel index), ``target`` (the experiment's output channel) and
-    ``task`` (index into the experiment's tasks), each ``(B,)``;
-    :class:`~mtseg.data.training_volumes.TrainingVolumes` adds the ``planes`` on the training device.
-
-    Args:
-        new_queues: ``new_queues(k)``: :class:`~mtseg.data.sampling.BlockQueue` of triplanar samples per task, for segment ``k``.
-        label_space: The experiment's merged classes.
-        batch_size: Samples per mini-batch.
-        **stream: ``length``, ``start``, ``segment`` and ``seed`` of :class:`MinibatchStream`.
-    """
-
-    def __init__(self, new_queues, label_space: LabelSpace, batch_size: int, **stream):
-        super().__init__(new_queues, **stream)
-        self.tasks = list(label_space.tasks)
-        self.luts = {task: label_space.global_labels(task) for task in self.tasks}
-        self.batch_size = batch_size
-
-    def draw(self, queues: dict, generator: torch.Generator) -> dict[str, torch.Tensor]:
-        counts = proportional_counts(self.batch_size, torch.ones(len(self.tasks)), generator).tolist()
-        samples = [queues[task].take(count) if count else None for task, count in zip(self.tasks, counts)]
-        drawn = [(task_id, s) for task_id, s in enumerate(samples) if s is not None]
-        return {
-            "subject": torch.cat([s["subject"] for _, s in drawn]),
-            "centre": torch.cat([s["centre"] for _, s in drawn]),
-            "target": torch.cat([self.luts[self.tasks[t]][s["label"]] for t, s in drawn]),
-            "task": torch.cat([torch.full((len(s["label"]),), t) for t, s in drawn]),
-        }
-
-
-class HeldOutImage:
-    """One preprocessed held-out image, handed whole to the validation step.
-
-    A plain object (not a mapping or dataclass), so Lightning passes it to the step as it
-    is instead of copying its volume to the device.
-
-    Attributes:
-        task: The image's task.
-        case_id: Its case ID.
-        volume: Padded intensities.
-        reference: ``(X, Y, Z)`` task-local labels (uint8).
-        mask: ``(X, Y, Z)`` voxels above the sampling threshold.
-        spacing: Voxel spacing (mm) of the preprocessed grid.
-    """
-
-    def __init__(
-        self, task: str, case_id: str, volume: TriplanarVolume, reference: torch.Tensor, mask: torch.Tensor,
-        spacing: tuple[float, float, float] = (1.0, 1.0, 1.0),
-    ):
-        self.task = task
-        self.case_id = case_id
-        self.volume = volume
-        self.reference = reference
-        self.mask = mask
-        self.spacing = spacing
-
-    @classmethod
-    def from_subject(cls, subject: tio.Subject) -> HeldOutImage:
-        return cls(
-            subject["task"], subject["case_id"], subject[VOLUME], subject[LABEL].data[0], subject[SAMPLING_MASK].data[0].bool(),
-            tuple(float(s) for s in subject[IMAGE].spacing),
-        )
-
-
-class HeldOutImages(Dataset):
-    """The held-out images of every task, one item each (validation: whole-image evaluation)."""
-
-    def __init__(self, images: Sequence[HeldOutImage]):
-        self.images = list(images)
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, index: int) -> HeldOutImage:
-        return self.images[index]
 
 
 class MultiTaskDataModule(L.LightningDataModule):
@@ -201,42 +46,33 @@ class MultiTaskDataModule(L.LightningDataModule):
     Args:
         tasks: Tasks of the experiment.
         root: Folder for generated or cached data.
-        batch_size: Samples per mini-batch, split equally over the tasks.
-        radius: Half the patch side, i.e. the model's depth.
+        depth: The model's depth: every volume is padded by it (half the patch side).
         pad_value: Normalised intensity outside the volume.
-        queue: ``max_length`` and ``samples_per_volume`` of each TorchIO queue.
         val_images_per_task: Held-out images per task evaluated at each learning-curve
             evaluation (the first ones of the test split); ``None`` for all of them.
         seed: Seed of the sampling generators.
-        training: The training mode (``conf/training``): ``mode`` ``patch`` (the paper's
-            triplanar samples, ``batch_size`` per mini-batch from ``queue``) or ``dense``
-            (``cubes_per_task`` cubes of ``cube³`` target voxels per task and mini-batch,
-            from queues of their own ``queue`` settings).
+        training: The training mode (``conf/training``, built by Hydra); ``None`` when only the
+            held-out images are wanted (``setup("validate")``: evaluating a trained network).
         **sources: Per-task data config, one keyword per task (``data.<task>``): source,
             split sizes and ``preprocessing`` (``spacing``, ``threshold``, ``intensity`` transforms).
+            Other keywords are not tasks and are ignored: checkpoints written before the training
+            modes owned their settings store ``batch_size`` and ``queue`` here.
     """
 
     def __init__(
         self,
         tasks: Sequence[str],
         root: str,
-        batch_size: int,
-        radius: int,
+        depth: int,
         pad_value: float,
-        queue: Mapping,
         val_images_per_task: int | None = None,
         seed: int = 0,
-        training: Mapping | None = None,
+        training: TrainingMode | None = None,
         **sources: Mapping,
     ):
         super().__init__()
         self.label_space = LabelSpace(tasks)
         self.tasks = self.label_space.tasks
-        if batch_size < len(self.tasks):
-            raise ValueError(
-                f"data.batch_size={batch_size} is smaller than the number of tasks "
-                f"({len(self.tasks)}: {', '.join(self.tasks)}); every mini-batch needs each task"
-            )
         missing = [t for t in self.tasks if t not in sources]
         if missing:
             raise ValueError(f"no data config for task(s) {missing}; add data.<task> entries")
@@ -244,47 +80,18 @@ class MultiTaskDataModule(L.LightningDataModule):
             raise ValueError(f"data.val_images_per_task must be positive or null (all), got {val_images_per_task}")
         self.sources = {t: sources[t] for t in self.tasks}
         self.root = Path(root)
-        self.batch_size = batch_size
-        self.radius = radius
+        self.depth = depth
         self.pad_value = pad_value
-        self.queue_cfg = dict(queue)
         self.val_images_per_task = val_images_per_task
         self.seed = seed
-        self.training = dict(training or {"mode": "patch"})
-        if self.training["mode"] not in ("patch", "dense"):
-            raise ValueError(f"training.mode must be 'patch' or 'dense', got {self.training['mode']!r}")
-        if self.dense:
-            for knob in ("cube", "cubes_per_task"):
-                if int(self.training[knob]) < 1:
-                    raise ValueError(f"training.{knob} must be positive, got {self.training[knob]}")
+        self.training = training
+        if training is not None:
+            training.check_tasks(len(self.tasks))
         self.subjects: dict[str, dict[str, list[tio.Subject]]] = {}
         #: Per task, the smallest and largest fraction of a training image's stored intensities clearly below 0 (``setup``).
         self.negative_fractions: dict[str, tuple[float, float]] = {}
         #: Every training volume, on the training device once a mini-batch has been gathered there (``setup``).
         self.training_volumes: TrainingVolumes | None = None
-
-    @property
-    def dense(self) -> bool:
-        """Compute-sharing training (``training=dense``): mini-batches of cubes."""
-        return self.training["mode"] == "dense"
-
-    @property
-    def sampling_queue(self) -> dict:
-        """``max_length`` and ``samples_per_volume`` of the training queues of this mode."""
-        return dict(self.training["queue"]) if self.dense else self.queue_cfg
-
-    def _check_queue(self) -> None:
-        """The training queue's settings (checked before training; evaluation needs none)."""
-        prefix = "training.queue" if self.dense else "data.queue"
-        for knob in ("max_length", "samples_per_volume", "block"):
-            if knob not in self.sampling_queue:
-                raise ValueError(f"{prefix}.{knob} is not set")
-        block = int(self.sampling_queue["block"])
-        if not 1 <= block <= int(self.sampling_queue["samples_per_volume"]) <= int(self.sampling_queue["max_length"]):
-            raise ValueError(
-                f"{prefix}: need 1 <= block <= samples_per_volume <= max_length, got block={block}, "
-                f"samples_per_volume={self.sampling_queue['samples_per_volume']}, max_length={self.sampling_queue['max_length']}"
-            )
 
     def _raw_subjects(self) -> dict[str, dict[str, list[tio.Subject]]]:
         return {task: task_subjects(task, self.sources[task], self.root) for task in self.tasks}
@@ -302,8 +109,8 @@ class MultiTaskDataModule(L.LightningDataModule):
         if self.subjects:
             return
         held_out_only = stage in ("validate", "test")
-        if not held_out_only:
-            self._check_queue()
+        if not held_out_only and self.training is None:
+            raise ValueError("the data module needs a training mode to prepare training data (training=...)")
         raw = self._raw_subjects()
         if held_out_only:
             raw = {task: {"test": splits.get("test", [])} for task, splits in raw.items()}
@@ -331,30 +138,26 @@ class MultiTaskDataModule(L.LightningDataModule):
                 for split, subjects in splits.items()
             }
             if not held_out_only:
-                self._check_cube_fits(task)
+                self.training.check_training_volumes(task, self.subjects[task]["train"])
                 self._set_class_quotas(task)
             self._check_pr_foreground(task, None if held_out_only else self.val_images_per_task)
         if not held_out_only:
             self.training_volumes = TrainingVolumes(
-                [s for task in self.tasks for s in self.subjects[task]["train"]],
-                self.radius,
-                int(self.training["cube"]) if self.dense else None,
-                cube_target_luts(self.label_space) if self.dense else None,
+                [s for task in self.tasks for s in self.subjects[task]["train"]], self.depth, channel_table(self.label_space)
             )
 
     def gather(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """A training mini-batch of indices (:meth:`train_batches`) gathered into patches or cubes on its
-        device: the training volumes move there with the first mini-batch and stay."""
+        """A training mini-batch of indices (:meth:`train_batches`), on its device, gathered there by the
+        training mode: the training volumes move there with the first mini-batch and stay."""
         if self.training_volumes is None:
             raise RuntimeError("setup() prepares the training volumes before mini-batches can be gathered")
-        return self.training_volumes.to(batch["subject"].device)(batch)
+        device = next(iter(batch.values())).device
+        return self.training.gather(self.training_volumes.to(device), batch)
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         """Lightning's hook after a batch reached the training device: training mini-batches are gathered
         there (:meth:`gather`); held-out images pass as they are."""
-        if isinstance(batch, Mapping) and "subject" in batch:
-            return self.gather(batch)
-        return batch
+        return batch if isinstance(batch, HeldOutImage) else self.gather(batch)
 
     def _check_pr_foreground(self, task: str, limit: int | None) -> None:
         """A task evaluated at a PR threshold needs foreground in its evaluated held-out images."""
@@ -368,21 +171,8 @@ class MultiTaskDataModule(L.LightningDataModule):
                 "point is undefined; raise data.val_images_per_task or add held-out images with foreground"
             )
 
-    def _check_cube_fits(self, task: str) -> None:
-        """In dense mode every training volume must hold a whole cube."""
-        if not self.dense:
-            return
-        cube = int(self.training["cube"])
-        small = [s for s in self.subjects[task]["train"] if min(s[VOLUME].shape) < cube]
-        if small:
-            raise ValueError(
-                f"training.cube={cube} does not fit {len(small)} training volume(s) of task {task!r} "
-                f"(e.g. {small[0]['case_id']}: {small[0][VOLUME].shape} voxels after preprocessing); "
-                f"lower training.cube to at most {min(min(s[VOLUME].shape) for s in small)}"
-            )
-
     def _prepare(self, subject: tio.Subject, transform) -> tio.Subject:
-        return prepare_subject(subject, transform, self.radius, self.pad_value)
+        return prepare_subject(subject, transform, self.depth, self.pad_value)
 
     def _set_class_quotas(self, task: str) -> None:
         """Check every class has training voxels; give each training subject its class quotas."""
@@ -395,8 +185,8 @@ class MultiTaskDataModule(L.LightningDataModule):
                 f"training images of task {task!r} contain no sample voxel of class(es) {empty} "
                 f"(above data.{task}.preprocessing.threshold); each class needs training samples"
             )
-        quotas = class_quotas(counts, int(self.sampling_queue["samples_per_volume"]))
-        block = int(self.sampling_queue["block"])
+        quotas = class_quotas(counts, self.training.queue["samples_per_volume"])
+        block = self.training.queue["block"]
         for subject, quota in zip(subjects, quotas):
             subject[CLASS_QUOTA] = quota
             subject[NUM_SAMPLES] = max(1, round(float(quota.sum()) / block))  # queue items (blocks) per visit
@@ -423,43 +213,31 @@ class MultiTaskDataModule(L.LightningDataModule):
             for subject in self.subjects[task]["test"][:limit]
         ]
 
-    def _queue(self, task: str, segment: int = 0, rank: int = 0) -> BlockQueue:
-        cfg = self.sampling_queue
-        generator = seeded_generator(self.seed, SAMPLING, TASK_ORDER.index(task), segment, *rank_keys(rank))
-        block = int(cfg["block"])
-        if self.dense:
-            sampler = ClassBalancedCubeSampler(self.radius, int(self.training["cube"]), block, generator)
-        else:
-            sampler = ClassBalancedTriplanarSampler(self.radius, block, generator)
-        return sampling_queue(self.subjects[task]["train"], sampler, int(cfg["max_length"]), int(cfg["samples_per_volume"]), block)
+    def _queue(self, task: str, interval: int = 0, rank: int = 0) -> BlockQueue:
+        generator = seeded_generator(self.seed, SAMPLING, TASK_ORDER.index(task), interval, *rank_keys(rank))
+        queue = self.training.queue
+        return sampling_queue(
+            self.subjects[task]["train"], self.training.sampler(self.depth, generator), queue["max_length"], queue["samples_per_volume"]
+        )
 
     def train_batches(
-        self, length: int | None = None, start: int = 0, segment: int | None = None, rank: int = 0, world_size: int = 1
-    ) -> TaskBalancedBatches | TaskBalancedCubes:
-        """Task-balanced mini-batches of sample indices (of cubes in dense mode; :meth:`gather` turns them
-        into patches or cubes on the training device) of steps ``start .. length - 1``
-        (endless when ``length`` is ``None``), sampling restarted every ``segment`` steps
-        (:class:`~mtseg.data.sampling.MinibatchStream`).
+        self, length: int | None = None, start: int = 0, interval: int | None = None, rank: int = 0, world_size: int = 1
+    ) -> MinibatchStream:
+        """Task-balanced mini-batches of sample indices (:meth:`gather` turns them into the training mode's
+        inputs on the training device) of steps ``start .. length - 1`` (endless when ``length`` is
+        ``None``), sampling restarted every ``interval`` steps (:class:`~mtseg.data.minibatch_stream.MinibatchStream`).
 
         With several processes (DDP), process ``rank`` of ``world_size`` draws its own stream
         (seeded by its rank; rank 0's is the single-process stream) holding its share of the
-        global mini-batch: ``data.batch_size / world_size`` samples, or ``training.cubes_per_task /
-        world_size`` cubes of every task.
+        global mini-batch.
         """
-        stream = {"length": length, "start": start, "segment": segment, "seed": self.seed, "rank": rank}
-        per_step, knob = (int(self.training["cubes_per_task"]), "training.cubes_per_task") if self.dense else (self.batch_size, "data.batch_size")
-        if per_step % world_size or (not self.dense and per_step // world_size < len(self.tasks)):
-            raise ValueError(
-                f"{knob}={per_step} cannot be split over {world_size} processes (trainer.devices x trainer.num_nodes): "
-                f"each needs an equal share{'' if self.dense else ', at least one sample of every task'}"
-            )
 
         def new_queues(k: int) -> dict[str, BlockQueue]:
             return {task: self._queue(task, k, rank) for task in self.tasks}
 
-        if self.dense:
-            return TaskBalancedCubes(new_queues, list(self.tasks), per_step // world_size, **stream)
-        return TaskBalancedBatches(new_queues, self.label_space, per_step // world_size, **stream)
+        return self.training.minibatch_stream(
+            new_queues, len(self.tasks), world_size, length=length, start=start, interval=interval, seed=self.seed, rank=rank
+        )
 
     def train_dataloader(self) -> DataLoader:
         """The run's mini-batches from its current step on (a resumed run continues its stream);
@@ -467,10 +245,10 @@ class MultiTaskDataModule(L.LightningDataModule):
         trainer = self.trainer
         max_steps = trainer.max_steps if trainer is not None else -1
         start = trainer.global_step if trainer is not None else 0
-        interval = getattr(trainer, "val_check_interval", None)
-        segment = int(interval) if isinstance(interval, int) and interval > 0 else None
+        every = getattr(trainer, "val_check_interval", None)
+        interval = int(every) if isinstance(every, int) and every > 0 else None
         rank, world_size = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
-        batches = self.train_batches(max_steps if max_steps > 0 else None, start, segment, rank, world_size)
+        batches = self.train_batches(max_steps if max_steps > 0 else None, start, interval, rank, world_size)
         # its own generator: creating the loader must not draw from the process's random state
         return DataLoader(batches, batch_size=None, num_workers=0, generator=torch.Generator())
 

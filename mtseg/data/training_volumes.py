@@ -1,13 +1,15 @@
-"""The training volumes of an experiment on the training device, and the gather of mini-batches there.
+"""The training volumes of an experiment on the training device, from which mini-batches are gathered there.
 
-The sampling pipeline (TorchIO queues, :mod:`mtseg.data.sampling`) hands over indices only:
+The sampling pipeline (TorchIO queues, :mod:`mtseg.data.torchio_adapters`) hands over indices only:
 for each sample, which training volume and which voxel (``training=patch``), or which
-volume and where its cube starts (``training=dense``). :class:`TrainingVolumes` holds every
+volume and where its cube starts (``training=cubes``). :class:`TrainingVolumes` holds every
 training volume of the experiment, padded, in one flat intensity buffer (and one flat
-buffer of one-byte class codes), moves both to the training device once, and there turns a
-mini-batch of indices into triplanar patches or cube contexts and targets with one
-vectorised ``torch.take`` each: no volume crosses to a GPU after the first step, only a few
-kilobytes of indices per mini-batch, and no Python runs per sample.
+buffer of one-byte class codes) with the table from class codes to output channels, moves them
+to the training device once, and there the training mode
+(:meth:`~mtseg.training.mode.TrainingMode.gather`) turns a mini-batch of indices into triplanar
+patches (:meth:`TrainingVolumes.planes`) or cube contexts and codes (:meth:`TrainingVolumes.cubes`)
+with one vectorised ``torch.take`` or ``index_select`` each: no volume crosses to a GPU after the
+first step, only a few kilobytes of indices per mini-batch, and no Python runs per sample.
 
 On the CPU the buffers are the prepared volumes themselves: building them rebinds every
 subject's padded volume, image and class codes as views into them, so nothing is held twice.
@@ -15,14 +17,18 @@ subject's padded volume, image and class codes as views into them, so nothing is
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 import torch
 import torchio as tio
 
 from mtseg.data.preprocessing import IMAGE
-from mtseg.data.sampling import CLASS_INDEX, SUBJECT_ID, VOLUME
+from mtseg.data.sampling import CLASS_INDEX, NOT_ELIGIBLE, VOLUME, VOLUME_ID
 from mtseg.data.triplanar import TriplanarVolume
+from mtseg.tasks import LabelSpace
+
+#: Target of voxels the loss ignores (at or below the task's threshold); ``F.cross_entropy``'s default.
+IGNORE = -100
 
 
 class TrainingVolumes:
@@ -30,20 +36,18 @@ class TrainingVolumes:
 
     Args:
         subjects: Prepared training subjects (all tasks). Each gets its index in this list
-            under :data:`~mtseg.data.sampling.SUBJECT_ID`, the ``subject`` of the samplers' items.
-        radius: The padding of the volumes (the model's depth).
-        cube: Target voxels per side of a cube in ``training=dense``; ``None`` in patch mode.
-        luts: ``(T, 256)`` task-local class code to output channel (``IGNORE`` at or below the
-            threshold) for each task of the experiment; dense mode only.
+            under :data:`~mtseg.data.sampling.VOLUME_ID`, the ``volume_id`` of the queue items.
+        depth: The padding of the volumes (the model's depth).
+        channels: ``(T, 256)`` task-local class code to output channel (``IGNORE`` at or below the
+            threshold) for each task of the experiment (:func:`channel_table`).
     """
 
-    def __init__(self, subjects: Sequence[tio.Subject], radius: int, cube: int | None = None, luts: torch.Tensor | None = None):
+    def __init__(self, subjects: Sequence[tio.Subject], depth: int, channels: torch.Tensor):
         volumes: list[TriplanarVolume] = [s[VOLUME] for s in subjects]
-        if any(v.radius != radius for v in volumes):
-            raise ValueError(f"every training volume must be padded by {radius} voxels")
-        self.radius = radius
-        self.cube = cube
-        self.luts = luts
+        if any(v.radius != depth for v in volumes):
+            raise ValueError(f"every training volume must be padded by {depth} voxels")
+        self.depth = depth
+        self.channels = channels
         sizes = torch.tensor([v.padded.numel() for v in volumes])
         code_sizes = torch.tensor([s[CLASS_INDEX].codes.numel() for s in subjects])
         self.offsets = torch.cumsum(sizes, 0) - sizes
@@ -62,7 +66,7 @@ class TrainingVolumes:
             codes = self.codes[start : start + class_index.codes.numel()]
             codes.copy_(class_index.codes)
             class_index.codes = codes
-            subject[SUBJECT_ID] = index
+            subject[VOLUME_ID] = index
         self._on: dict[torch.device, TrainingVolumes] = {self.device: self}
 
     @property
@@ -82,33 +86,19 @@ class TrainingVolumes:
             self._on[device] = moved
         return self._on[device]
 
-    def __call__(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """A mini-batch of indices, gathered on these volumes' device (which must be the batch's).
-
-        ``subject`` and ``centre`` (flat voxel index) give ``planes`` ``(B, 3, P, P)``;
-        ``subject`` and ``start`` ``(B, 3)`` (a cube's first target voxel) with ``task`` give
-        ``context`` ``(B, S, S, S)`` and ``target`` ``(B, k, k, k)``. The other entries pass through.
-        """
-        if "centre" in batch:
-            return {**batch, "planes": self.planes(batch["subject"], batch["centre"])}
-        if "start" in batch:
-            context, codes = self.cubes(batch["subject"], batch["start"])
-            return {**batch, "context": context, "target": self.luts[batch["task"].view(-1, 1, 1, 1), codes.long()]}
-        raise ValueError(f"not a mini-batch of sample indices: {sorted(batch)}")
-
-    def _padded_strides(self, subject: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _padded_strides(self, volume_id: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Per sample: its volume's offset in the buffer and the x and y strides of its padded volume."""
-        shape = self.shapes[subject] + 2 * self.radius
-        return self.offsets[subject], shape[:, 1] * shape[:, 2], shape[:, 2]
+        shape = self.shapes[volume_id] + 2 * self.depth
+        return self.offsets[volume_id], shape[:, 1] * shape[:, 2], shape[:, 2]
 
-    def planes(self, subject: torch.Tensor, centre: torch.Tensor) -> torch.Tensor:
-        """Triplanar patches ``(B, 3, P, P)`` centred on voxel ``centre`` (flat, unpadded) of volume ``subject``
+    def planes(self, volume_id: torch.Tensor, centre: torch.Tensor) -> torch.Tensor:
+        """Triplanar patches ``(B, 3, P, P)`` centred on voxel ``centre`` (flat, unpadded) of volume ``volume_id``
         (as :meth:`TriplanarVolume.extract`)."""
-        offset, x_stride, y_stride = (s.view(-1, 1, 1) for s in self._padded_strides(subject))
-        ny, nz = self.shapes[subject, 1].view(-1, 1, 1), self.shapes[subject, 2].view(-1, 1, 1)
+        offset, x_stride, y_stride = (s.view(-1, 1, 1) for s in self._padded_strides(volume_id))
+        ny, nz = self.shapes[volume_id, 1].view(-1, 1, 1), self.shapes[volume_id, 2].view(-1, 1, 1)
         centre = centre.view(-1, 1, 1)
         i, j, k = centre // (ny * nz), centre // nz % ny, centre % nz
-        r = self.radius
+        r = self.depth
         base = offset + (i + r) * x_stride + (j + r) * y_stride + (k + r)
         steps = torch.arange(-r, r + 1, device=centre.device)
         rows, columns = steps.view(1, -1, 1), steps.view(1, 1, -1)
@@ -122,23 +112,33 @@ class TrainingVolumes:
         ) + base[:, None]
         return self.intensities.take(index)
 
-    def cubes(self, subject: torch.Tensor, start: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The ``(B, S, S, S)`` contexts (``S = cube + 2·radius``) and ``(B, k, k, k)`` class codes of the cubes
-        whose first target voxel is ``start`` ``(B, 3)`` in volume ``subject``: the
-        slices ``padded[sx : sx + S, sy : sy + S, sz : sz + S]`` of each volume and the codes of its target voxels."""
-        if self.cube is None:
-            raise ValueError("these training volumes serve triplanar samples (training=patch), not cubes")
-        offset, x_stride, y_stride = (s.view(-1, 1, 1, 1) for s in self._padded_strides(subject))
+    def cubes(self, volume_id: torch.Tensor, start: torch.Tensor, cube: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The ``(B, S, S, S)`` contexts (``S = cube + 2·depth``) and ``(B, k, k, k)`` class codes of the cubes
+        of ``k = cube`` target voxels per side whose first target voxel is ``start`` ``(B, 3)`` in volume
+        ``volume_id``: the slices ``padded[sx : sx + S, sy : sy + S, sz : sz + S]`` of each volume and the
+        codes of its target voxels."""
+        offset, x_stride, y_stride = (s.view(-1, 1, 1, 1) for s in self._padded_strides(volume_id))
         sx, sy, sz = (s.view(-1, 1, 1, 1) for s in start.unbind(1))
-        side = self.cube + 2 * self.radius
+        side = cube + 2 * self.depth
         steps = torch.arange(side, device=start.device)
         x, y, z = steps.view(1, -1, 1, 1), steps.view(1, 1, -1, 1), steps.view(1, 1, 1, -1)
         # rows along z are contiguous: index the buffer's windows of `side` voxels (a view, no copy) by the
         # first voxel of every row, B·S² indices instead of B·S³
         rows = (offset + (sx + x) * x_stride + (sy + y) * y_stride + sz).reshape(-1)
         context = self.intensities.unfold(0, side, 1).index_select(0, rows).view(len(start), side, side, side)
-        k = self.cube
+        k = cube
         x, y, z = x[:, :k], y[:, :, :k], z[..., :k]
-        ny, nz = self.shapes[subject, 1].view(-1, 1, 1, 1), self.shapes[subject, 2].view(-1, 1, 1, 1)
-        codes = self.codes.take(self.code_offsets[subject].view(-1, 1, 1, 1) + ((sx + x) * ny + (sy + y)) * nz + (sz + z))
+        ny, nz = self.shapes[volume_id, 1].view(-1, 1, 1, 1), self.shapes[volume_id, 2].view(-1, 1, 1, 1)
+        codes = self.codes.take(self.code_offsets[volume_id].view(-1, 1, 1, 1) + ((sx + x) * ny + (sy + y)) * nz + (sz + z))
         return context, codes
+
+
+def channel_table(label_space: LabelSpace) -> torch.Tensor:
+    """``(T, 256)``: for each task of the experiment, its class code to the experiment's output channel,
+    :data:`IGNORE` for :data:`~mtseg.data.sampling.NOT_ELIGIBLE` (at or below the threshold). The one
+    table by which both modes map labels to channels, on the training device."""
+    table = torch.full((len(label_space.tasks), NOT_ELIGIBLE + 1), IGNORE, dtype=torch.long)
+    for task_id, task in enumerate(label_space.tasks):
+        channels = label_space.global_labels(task)
+        table[task_id, : len(channels)] = channels
+    return table

@@ -19,6 +19,7 @@ from matplotlib.colors import ListedColormap
 from matplotlib.patches import Rectangle
 
 from mtseg.tasks import EXPERIMENTS, TASK_ORDER, TASKS
+from mtseg.training.mode import training_mode_from_config, training_mode_name
 
 #: One colour per experiment, derived from the experiment list (a fourth task needs no edit here):
 #: a qualitative matplotlib palette in the experiments' order (the paper's Fig. 1 numbering).
@@ -40,7 +41,7 @@ class RunRecord:
     metrics: pd.DataFrame
     summary: dict | None = None
     checkpoint: Path | None = None
-    training_mode: str = "patch"
+    training_mode: str = "patch"  # the training mode's name (conf/training)
 
     @property
     def number(self) -> int:
@@ -63,7 +64,8 @@ def load_run(path: str | Path) -> RunRecord:
     try:
         config = OmegaConf.load(path / ".hydra" / "config.yaml")
         experiment, seed = str(config.experiment), int(config.seed)
-        mode = str(OmegaConf.select(config, "training.mode", default="patch"))
+        training = OmegaConf.select(config, "training", default=None)
+        mode = training_mode_name(OmegaConf.to_container(training) if OmegaConf.is_config(training) else None)
     except (OmegaConfBaseException, ValueError, TypeError, AttributeError) as error:
         raise ValueError(f"{path / '.hydra' / 'config.yaml'}: not the config of an mtseg run ({type(error).__name__}: {error})") from None
     try:
@@ -100,21 +102,19 @@ def find_runs(paths: Iterable[str | Path]) -> list[RunRecord]:
 
 
 def minibatch_description(run: RunRecord) -> str:
-    """What one optimiser step of the run held, from its ``summary.json`` ("" when it has none):
-    ``32 cubes of 2³ per task`` (``training=dense``) or ``batch 210`` (``training=patch``)."""
-    def count(value) -> bool:  # summary.json is a user's file: only whole numbers are printed
-        return isinstance(value, int) and not isinstance(value, bool)
-
+    """What one optimiser step of the run held, from its ``summary.json`` ("" when it has none or it does
+    not say): ``32 cube(s) of 2^3 voxels`` or ``210 samples``."""
     summary = run.summary or {}
-    training = summary.get("training") if isinstance(summary.get("training"), dict) else {}
-    if run.training_mode == "dense" and count(training.get("cubes_per_task")) and count(training.get("cube")):
-        return f"{training['cubes_per_task']} cubes of {training['cube']}³ per task"
-    if run.training_mode == "patch" and count(summary.get("batch_size")):
-        return f"batch {summary['batch_size']}"
-    return ""
+    if isinstance(summary.get("minibatch"), str):
+        return summary["minibatch"]
+    try:  # a summary written before it said so: its training mode describes it
+        return training_mode_from_config(summary.get("training"), {"batch_size": summary.get("batch_size")}).describe()
+    except (ValueError, TypeError, AttributeError):  # summary.json is a user's file
+        return ""
 
 
 MARKERS = "osD^vP*X"
+LINESTYLES = ("-", ":", "--", "-.")
 
 
 def plot_dice_against_seconds(runs: Sequence[RunRecord]) -> plt.Figure:
@@ -128,12 +128,13 @@ def plot_dice_against_seconds(runs: Sequence[RunRecord]) -> plt.Figure:
     if not timed:
         raise ValueError("no run records training seconds (metrics.csv has no train_seconds column)")
     figure, ax = plt.subplots(figsize=(6, 4))
+    linestyles = dict(zip(dict.fromkeys(r.training_mode for r in timed), LINESTYLES))  # one per training mode
     for i, run in enumerate(timed):
         curve = run.metrics.groupby("step").agg(seconds=("train_seconds", "first"), dice=("dice", "mean")).sort_values("seconds")
         step = minibatch_description(run)
         ax.plot(
             curve["seconds"], curve["dice"], marker=MARKERS[i % len(MARKERS)], color=EXPERIMENT_COLOURS[run.experiment],
-            linestyle="-" if run.training_mode == "dense" else ":",
+            linestyle=linestyles.get(run.training_mode, "-"),
             label=f"{run.number}: {run.experiment}, training={run.training_mode}{f' ({step})' if step else ''}, seed {run.seed}",
         )
     ax.set_xlabel("training seconds (evaluations excluded)")
@@ -211,7 +212,7 @@ def segmentation_panels(runs: Sequence[RunRecord], data_overrides: dict | None =
     coronal slices cropped to its margin), so this is quick even on a CPU.
     """
     from mtseg.checkpoint import load_checkpoint, test_datamodule, threshold_for
-    from mtseg.data.datamodule import HeldOutImage
+    from mtseg.data.held_out import HeldOutImage
     from mtseg.evaluation.whole_image import example_slice
     from mtseg.inference.dense import segment_volume
     from mtseg.evaluation.operating_point import task_labels, thresholded

@@ -30,20 +30,10 @@ from torch import nn
 from mtseg.data.triplanar import TriplanarVolume
 from mtseg.defaults import conf_defaults
 from mtseg.model import TriplanarCNN
+from mtseg.runtime.bf16 import native_bf16
 
 #: Values of ``precision`` (``conf/predict.yaml``): ``auto`` is bf16 where the device computes it natively.
 PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16")
-
-
-def native_bf16(device: torch.device) -> bool:
-    """Whether ``device`` computes bf16 natively: a CPU with AVX512-BF16 or AMX, a GPU with bf16 units."""
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported(including_emulation=False)
-    if device.type == "cpu":
-        from mtseg.training.module import cpu_has_native_bf16  # mtseg.training.module imports this module
-
-        return cpu_has_native_bf16()
-    return False
 
 
 def inference_dtype(precision: str, device: torch.device) -> torch.dtype:
@@ -162,7 +152,7 @@ PROGRESS_MIN_VOXELS = 400_000
 
 
 @dataclass
-class Segmentation:
+class DenseOutput:
     """Dense inference result of one volume.
 
     Attributes:
@@ -188,7 +178,7 @@ def segment_volume(
     progress: bool | None = None,
     slab_voxels: int | None = None,
     precision: str = "fp32",
-) -> Segmentation:
+) -> DenseOutput:
     """Label map and selected probabilities of every voxel, one slab at a time.
 
     Only the label map (1 byte per voxel) and the requested probability channels are
@@ -239,7 +229,7 @@ def segment_volume(
                 probabilities[k] = 1.0
     inside = None if mask is None else mask.bool()
     if inside is not None and not inside.any():
-        return Segmentation(labels, probabilities, channels)
+        return DenseOutput(labels, probabilities, channels)
     z_start, z_end = (0, nz) if inside is None else _extent(inside, 2)
     box_x = (0, nx) if inside is None else _extent(inside, 0)
     box_y = (0, ny) if inside is None else _extent(inside, 1)
@@ -266,7 +256,7 @@ def segment_volume(
         if probabilities is not None:
             for k, c in enumerate(channels):
                 probabilities[k][outside] = 1.0 if c == 0 else 0.0
-    return Segmentation(labels, probabilities, channels)
+    return DenseOutput(labels, probabilities, channels)
 
 
 @torch.no_grad()

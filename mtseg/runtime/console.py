@@ -61,6 +61,12 @@ class WandbLogger(LightningWandbLogger):
         self._wandb_init.pop("anonymous", None)
 
 
+def is_terminal(stream=None) -> bool:
+    """Whether ``stream`` (standard output) is a terminal, where Lightning's progress bar shows."""
+    stream = stream or sys.stdout
+    return bool(getattr(stream, "isatty", lambda: False)())
+
+
 class LineProgress(L.Callback):
     """One line of progress at most every ``seconds`` (and at the last step) when stdout is not a terminal.
 
@@ -74,14 +80,16 @@ class LineProgress(L.Callback):
         self.stream = stream or sys.stdout
         self._start = self._last = 0.0
         self._first_step = 0
+        self._active = True
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._start = self._last = time.perf_counter()
         self._first_step = trainer.global_step
+        self._active = not is_terminal(self.stream)  # a terminal has Lightning's progress bar
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx: int) -> None:
         now, step, total = time.perf_counter(), trainer.global_step, trainer.max_steps
-        if not trainer.is_global_zero or (now - self._last < self.seconds and step < total):
+        if not self._active or not trainer.is_global_zero or (now - self._last < self.seconds and step < total):
             return
         self._last = now
         done = step - self._first_step

@@ -1,4 +1,6 @@
-"""Callbacks: the run directory's learning-curve table, evaluation timing and W&B overlays."""
+"""Callbacks of a training run: its clock, its learning-curve table, the save on SIGTERM, freed memory kept
+for reuse and W&B overlays. ``conf/callbacks/default.yaml`` lists the ones a run uses (with Lightning's
+``ModelCheckpoint``); a user adds one there (docs/training.md)."""
 
 from __future__ import annotations
 
@@ -19,32 +21,50 @@ from mtseg.tasks import TASKS
 METRICS_COLUMNS = ("step", "minibatches_per_task", "task", "class", "dice", "train_seconds")
 
 
-class DiceCSVWriter(L.Callback):
-    """Append the per-class whole-image Dice of every evaluation to ``metrics.csv``.
+class RunClock(L.Callback):
+    """The run's wall clock: seconds of training (evaluations excluded) and of evaluations, earlier parts
+    of a resumed run included (kept in checkpoints). ``mtseg.train`` always adds it: ``metrics.csv``
+    and ``summary.json`` read their times from it."""
 
-    Args:
-        path: The CSV file; created with a header on the first evaluation.
-    """
-
-    def __init__(self, path: str | Path):
-        self.path = Path(path)
+    def __init__(self):
         self._start: float | None = None
-        self._evaluation_start = 0.0
-        self._evaluation_seconds = 0.0
-        #: Training seconds before this process (a resumed run's earlier part).
-        self.previous_seconds = 0.0
+        self._evaluation_start: float | None = None
+        #: Evaluation seconds of this process.
+        self.evaluation_seconds = 0.0
+        #: Training and evaluation seconds before this process (a resumed run's earlier part).
+        self.previous_train_seconds = 0.0
+        self.previous_evaluation_seconds = 0.0
+
+    @staticmethod
+    def of(trainer: L.Trainer) -> RunClock:
+        """The trainer's clock."""
+        for callback in trainer.callbacks:
+            if isinstance(callback, RunClock):
+                return callback
+        raise RuntimeError("the trainer has no RunClock callback (mtseg.train adds one)")
 
     def training_seconds(self) -> float:
         """Training wall-clock seconds so far, evaluations excluded, earlier parts of a resumed run included."""
         if self._start is None:
-            return self.previous_seconds
-        return self.previous_seconds + time.perf_counter() - self._start - self._evaluation_seconds
+            return self.previous_train_seconds
+        return self.previous_train_seconds + time.perf_counter() - self._start - self.evaluation_seconds
+
+    def total_evaluation_seconds(self) -> float:
+        return self.previous_evaluation_seconds + self.evaluation_seconds
 
     def state_dict(self) -> dict:
-        return {"train_seconds": self.training_seconds()}
+        return {"train_seconds": self.training_seconds(), "evaluation_seconds": self.total_evaluation_seconds()}
 
     def load_state_dict(self, state_dict: dict) -> None:
-        self.previous_seconds = float(state_dict.get("train_seconds", 0.0))
+        self.previous_train_seconds = float(state_dict.get("train_seconds", 0.0))
+        self.previous_evaluation_seconds = float(state_dict.get("evaluation_seconds", 0.0))
+
+    def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
+        # checkpoints written before the clock was one callback kept its two halves under these keys
+        states = checkpoint.get("callbacks") or {}
+        if type(self).__qualname__ not in states and ("DiceCSVWriter" in states or "EvaluationTimer" in states):
+            self.previous_train_seconds = float(states.get("DiceCSVWriter", {}).get("train_seconds", 0.0))
+            self.previous_evaluation_seconds = float(states.get("EvaluationTimer", {}).get("seconds", 0.0))
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._start = time.perf_counter()
@@ -53,9 +73,25 @@ class DiceCSVWriter(L.Callback):
         self._evaluation_start = time.perf_counter()
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        now = time.perf_counter()
-        self._evaluation_seconds += now - self._evaluation_start
-        train_seconds = float("nan") if self._start is None else self.training_seconds()
+        if self._evaluation_start is not None:
+            self.evaluation_seconds += time.perf_counter() - self._evaluation_start
+            self._evaluation_start = None
+
+
+class DiceCSVWriter(L.Callback):
+    """Append the per-class whole-image Dice of every evaluation to ``metrics.csv``, with the training
+    seconds of the run's :class:`RunClock` (which must come before it in the callbacks).
+
+    Args:
+        path: The CSV file; created with a header on the first evaluation.
+    """
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        clock = RunClock.of(trainer)
+        train_seconds = float("nan") if clock._start is None else clock.training_seconds()
         if trainer.sanity_checking or not pl_module.latest_dice or not trainer.is_global_zero:  # one file under DDP
             return
         new_file = not self.path.exists()
@@ -78,30 +114,6 @@ class KeepFreedMemory(L.Callback):
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         reuse_freed_memory()
-
-
-class EvaluationTimer(L.Callback):
-    """Wall-clock seconds spent in evaluations (validation loops), summed over the run."""
-
-    def __init__(self):
-        self.seconds = 0.0
-        self._start: float | None = None
-        #: Evaluation seconds before this process (a resumed run's earlier part).
-        self.previous_seconds = 0.0
-
-    def state_dict(self) -> dict:
-        return {"seconds": self.previous_seconds + self.seconds}
-
-    def load_state_dict(self, state_dict: dict) -> None:
-        self.previous_seconds = float(state_dict.get("seconds", 0.0))
-
-    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._start = time.perf_counter()
-
-    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self._start is not None:
-            self.seconds += time.perf_counter() - self._start
-            self._start = None
 
 
 class SaveOnSigterm(L.Callback):

@@ -1,4 +1,4 @@
-"""The loss of compute-sharing (``training=dense``) training: cross-entropy with per-voxel weights.
+"""The loss of compute-sharing training (``training=cubes``): cross-entropy with per-voxel weights.
 
 A cube holds the voxels of its neighbourhood in their natural proportions (mostly
 background), not the paper's balanced samples. Per-voxel weights give back the paper's
@@ -6,7 +6,7 @@ balance (§3.2) in expectation:
 
 - within each task, every class present in the mini-batch gets the same total weight;
 - every task with voxels in the mini-batch gets the same total weight;
-- voxels at or below the task's threshold (target :data:`~mtseg.data.cube_sampling.IGNORE`)
+- voxels at or below the task's threshold (target :data:`~mtseg.data.training_volumes.IGNORE`)
   get weight 0, as the paper samples only above it.
 
 The weights sum to 1, so the loss is a weighted mean. Everything is counted with
@@ -18,10 +18,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from mtseg.data.cube_sampling import IGNORE
+from mtseg.data.training_volumes import IGNORE
 
 
-def dense_loss_weights(target: torch.Tensor, task: torch.Tensor, n_tasks: int, n_classes: int) -> torch.Tensor:
+def cube_loss_weights(target: torch.Tensor, task: torch.Tensor, n_tasks: int, n_classes: int) -> torch.Tensor:
     """Per-voxel loss weights restoring class and task balance.
 
     Args:
@@ -45,7 +45,7 @@ def dense_loss_weights(target: torch.Tensor, task: torch.Tensor, n_tasks: int, n
     return per_voxel.reshape(-1)[key].reshape(target.shape) * valid
 
 
-def dense_loss(logits: torch.Tensor, target: torch.Tensor, task: torch.Tensor, n_tasks: int) -> tuple[torch.Tensor, torch.Tensor]:
+def cube_loss(logits: torch.Tensor, target: torch.Tensor, task: torch.Tensor, n_tasks: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Weighted cross-entropy of a mini-batch of cubes, and each task's weighted mean cross-entropy.
 
     Args:
@@ -57,7 +57,7 @@ def dense_loss(logits: torch.Tensor, target: torch.Tensor, task: torch.Tensor, n
     Returns:
         The loss (a scalar) and ``(n_tasks,)`` per-task losses (detached; 0 for a task without voxels).
     """
-    weights = dense_loss_weights(target, task, n_tasks, logits.shape[1])
+    weights = cube_loss_weights(target, task, n_tasks, logits.shape[1])
     weighted = F.cross_entropy(logits, target, reduction="none", ignore_index=IGNORE) * weights
     voxel_task = task.reshape(-1, 1, 1, 1).expand_as(target).reshape(-1)
     zeros = torch.zeros(n_tasks, device=logits.device)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import warnings
 
 from collections.abc import Mapping, Sequence
@@ -10,14 +9,14 @@ from typing import Any
 
 import lightning as L
 import torch
-import torch.nn.functional as F
 
-from mtseg.data.datamodule import HeldOutImage
-from mtseg.training.cube_loss import dense_loss
-from mtseg.evaluation.whole_image import EvaluationResult, WholeImageEvaluator
+from mtseg.data.held_out import HeldOutImage
 from mtseg.defaults import conf_defaults
+from mtseg.evaluation.whole_image import EvaluationResult, WholeImageEvaluator
 from mtseg.model import TriplanarCNN
 from mtseg.tasks import TASKS, LabelSpace
+from mtseg.training.lr_schedule import LR_DECAYS, lr_factor
+from mtseg.training.mode import TrainingMode, training_mode_from_config
 
 #: Key under which every mtseg checkpoint stores what its output channels mean.
 CHECKPOINT_KEY = "mtseg"
@@ -28,13 +27,10 @@ RNG_KEY = "mtseg_rng"
 class MultiTaskSegmentationModule(L.LightningModule):
     """One :class:`TriplanarCNN` for all tasks of an experiment.
 
-    Training batches are dicts with ``planes`` ``(B, 3, P, P)``, ``target`` (output
-    channel) and ``task`` (index into the experiment's tasks) in the paper's mode
-    (``training=patch``), or with ``context`` ``(B, S, S, S)``, ``target`` ``(B, k, k, k)``
-    and ``task`` ``(B,)`` in compute-sharing mode (``training=dense``: cubes of ``k³``
-    target voxels, their loss weighted back to the paper's class and task balance by
-    :func:`~mtseg.training.cube_loss.dense_loss`). Both train the same network. Validation steps get one
-    whole held-out image each (:class:`~mtseg.data.datamodule.HeldOutImage`): it is
+    A training step's mini-batch and loss are the training mode's
+    (:class:`~mtseg.training.mode.TrainingMode`: the paper's triplanar samples, ``training=patch``, or
+    cubes of target voxels, ``training=cubes``); every mode trains the same network. Validation steps
+    get one whole held-out image each (:class:`~mtseg.data.held_out.HeldOutImage`): it is
     segmented densely and, once all are in, evaluated as in the paper (§4) by
     :class:`~mtseg.evaluation.whole_image.WholeImageEvaluator`.
 
@@ -53,7 +49,9 @@ class MultiTaskSegmentationModule(L.LightningModule):
             (voxels per slab of dense inference).
         data: The data config without the tasks' ``preprocessing`` (stored once, above), so a checkpoint
             can be evaluated on the same test sets.
-        training: The training mode's config (``conf/training``), stored with checkpoints.
+        training: The training mode (``conf/training``, built by Hydra), or its stored config
+            (:meth:`~mtseg.training.mode.TrainingMode.config`, as a checkpoint holds it; older forms
+            are read too); ``None``: the paper's mode. Checkpoints store its config.
         schedule: The run's ``conf/schedule`` and ``seed``: stored with checkpoints, so that a resumed run
             can check that it continues the same schedule.
         seed: The run's seed.
@@ -71,16 +69,20 @@ class MultiTaskSegmentationModule(L.LightningModule):
         pad_value: float = 0.0,
         evaluation: Mapping[str, Any] | None = None,
         data: Mapping[str, Any] | None = None,
-        training: Mapping[str, Any] | None = None,
+        training: TrainingMode | Mapping[str, Any] | None = None,
         schedule: Mapping[str, Any] | None = None,
         seed: int | None = None,
     ):
         super().__init__()
-        self.save_hyperparameters()
+        if not isinstance(training, TrainingMode):
+            training = training_mode_from_config(training, data)
+        #: The training mode: the mini-batch, its gather and its loss.
+        self.training_mode = training
+        self.save_hyperparameters(ignore=["training"])
+        self.hparams["training"] = training.config()  # stored with checkpoints, as plain values
         self.label_space = LabelSpace(tasks)
         self.net = TriplanarCNN(self.label_space.n_classes, **dict(model))
-        if training is not None and training.get("mode") == "dense" and training.get("batch_renorm") is not None:
-            self.net.set_batch_renorm(training["batch_renorm"])  # a mini-batch of a few cubes is no representative sample
+        training.prepare_network(self.net)
         if lr_decay not in LR_DECAYS:
             raise ValueError(f"optimizer.lr_decay must be one of {list(LR_DECAYS)}, got {lr_decay!r}")
         if not 0.0 <= warmup < 1.0:
@@ -107,15 +109,9 @@ class MultiTaskSegmentationModule(L.LightningModule):
 
     @property
     def steps_per_task_minibatch(self) -> int:
-        """Optimiser steps that give each task one mini-batch's worth of data (the schedule's unit).
-
-        The paper's mini-batch of 210 samples is split over the ``T`` tasks, so a task gets a
-        whole mini-batch's worth every ``T`` steps; a dense mini-batch holds
-        ``training.cubes_per_task`` cubes of every task, so every step gives each task its
-        share. Either way, each task sees the same data in every experiment.
-        """
-        training = self.hparams.get("training") or {}
-        return 1 if training.get("mode") == "dense" else len(self.label_space.tasks)
+        """Optimiser steps that give each task one mini-batch's worth of data (the schedule's unit), as the
+        training mode counts them: each task sees the same data in every experiment."""
+        return self.training_mode.steps_per_task_minibatch(len(self.label_space.tasks))
 
     def minibatches_per_task(self, steps: int) -> float:
         """``steps`` optimiser steps in the paper's unit, mini-batches per task."""
@@ -125,37 +121,19 @@ class MultiTaskSegmentationModule(L.LightningModule):
         return self.net(planes)
 
     def on_fit_start(self) -> None:
-        """Dense mode: the cubes' context must match the network's depth, and a step must fit in memory."""
+        """The data's padding must be the network's depth, and the training mode's step must be able to run."""
         datamodule = getattr(self.trainer, "datamodule", None)
-        if datamodule is None or not getattr(datamodule, "dense", False):
-            return
-        if datamodule.radius != self.net.depth:
+        depth = getattr(datamodule, "depth", self.net.depth)
+        if depth != self.net.depth:
             raise ValueError(
-                f"training=dense: the data pads cubes by {datamodule.radius} voxels but model.depth={self.net.depth}; "
-                "the cube context must be training.cube + 2 * model.depth (build the data module with radius=model.depth)"
+                f"the data pads every volume by {depth} voxels but model.depth={self.net.depth}; "
+                "build the data module with depth=model.depth"
             )
-        cube, per_task = int(datamodule.training["cube"]), int(datamodule.training["cubes_per_task"])
-        n_cubes = per_task * len(self.label_space.tasks)
-        needed = self.net.forward_cubes_bytes(n_cubes, cube)
-        available = available_memory(self.device)
-        if available is not None and needed > available:
-            raise ValueError(
-                f"training=dense: a step on {n_cubes} cubes of {cube}^3 voxels (training.cubes_per_task={per_task}, "
-                f"training.cube={cube}) needs about {needed / 2**30:.1f} GiB, but {available / 2**30:.1f} GiB "
-                f"are available on {self.device}; lower training.cube or training.cubes_per_task"
-            )
+        self.training_mode.check_fit(self.net, len(self.label_space.tasks), self.device)
 
     def loss(self, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """The mini-batch's loss and each task's (detached) loss, in either training mode."""
-        n_tasks = len(self.label_space.tasks)
-        if "context" in batch:  # training=dense: cubes
-            cube = batch["target"].shape[-1]
-            return dense_loss(self.net.forward_cubes(batch["context"], cube), batch["target"], batch["task"], n_tasks)
-        # training=patch: the paper's triplanar samples
-        losses = F.cross_entropy(self.net(batch["planes"]), batch["target"], reduction="none")
-        per_task = torch.zeros(n_tasks, device=losses.device).index_add_(0, batch["task"], losses.detach())
-        per_task /= torch.bincount(batch["task"], minlength=n_tasks).clamp_min(1)
-        return losses.mean(), per_task
+        """The mini-batch's loss and each task's (detached) loss, as the training mode scores them."""
+        return self.training_mode.loss(self.net, batch, len(self.label_space.tasks))
 
     def training_step(self, batch: Mapping[str, torch.Tensor], batch_index: int) -> torch.Tensor:
         loss, per_task = self.loss(batch)
@@ -235,45 +213,3 @@ class MultiTaskSegmentationModule(L.LightningModule):
                         f"the checkpoint holds the random state of {len(state['cuda'])} GPU(s), this machine has "
                         f"{torch.cuda.device_count()}: dropout on the GPU will not continue exactly"
                     )
-
-#: Learning-rate schedules over the run (``optimizer.lr_decay``).
-LR_DECAYS = ("constant", "cosine")
-
-
-def lr_factor(decay: str, warmup: float, total: int):
-    """The factor on the learning rate at each step (0 to ``total - 1``) of a run of ``total`` steps:
-    a linear warm-up over the first ``warmup`` fraction, then constant, or a cosine that
-    reaches 0 as the run ends (at step ``total``, which is never taken)."""
-    warm = int(round(warmup * total))
-
-    def factor(step: int) -> float:
-        if step < warm:
-            return (step + 1) / warm
-        if decay == "cosine":
-            return 0.5 * (1.0 + math.cos(math.pi * min(step - warm, total - warm) / max(total - warm, 1)))
-        return 1.0
-
-    return factor
-
-
-def available_memory(device: torch.device) -> int | None:
-    """Bytes of memory a training step can still take on ``device`` (``None`` when unknown)."""
-    if device.type == "cuda":
-        return torch.cuda.mem_get_info(device)[0]
-    try:
-        with open("/proc/meminfo") as meminfo:
-            for line in meminfo:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
-
-
-def cpu_has_native_bf16() -> bool:
-    """Whether this CPU computes bf16 natively (AMX or AVX512-BF16, through oneDNN): only then is
-    ``trainer.precision=bf16-mixed`` faster than fp32 on it."""
-    try:
-        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):  # a torch build without the check
-        return False

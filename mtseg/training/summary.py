@@ -39,8 +39,9 @@ def write_summary(
         "n_params": module.n_params,
         "model": OmegaConf.to_container(cfg.model),
         "seed": cfg.seed,
-        "training": OmegaConf.to_container(cfg.training),
-        "batch_size": cfg.data.batch_size,
+        "training": module.training_mode.config(),
+        "training_mode": module.training_mode.name,
+        "minibatch": module.training_mode.describe(),  # what one optimiser step held
         "steps": steps,
         "minibatches_per_task": module.minibatches_per_task(steps),
         "train_seconds": round(train_seconds, 1),
@@ -58,14 +59,9 @@ def write_summary(
 
 def dice_table(summary: Mapping) -> str:
     """Plain-text table: whole-image Dice per class of the CNN beside the intensity-only baseline."""
-    training = summary.get("training") or {"mode": "patch"}
-    if training["mode"] == "dense":
-        batch = f"{training['cubes_per_task']} cube(s) of {training['cube']}^3 voxels, training=dense"
-    else:
-        batch = f"{summary['batch_size']} samples"
     lines = [
         f"Final Dice, experiment {summary['experiment']} "
-        f"({summary['minibatches_per_task']:.0f} mini-batches per task of {batch})",
+        f"({summary['minibatches_per_task']:.0f} mini-batches per task of {summary['minibatch']}, training={summary['training_mode']})",
         f"{'task':<8} {'class':<28} {'CNN':>8} {'threshold':>10} {'confusion %':>12} {'intensity-only':>15}",
     ]
     baseline = summary["intensity_baseline_dice"]
