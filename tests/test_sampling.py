@@ -13,6 +13,7 @@ from mtseg.data.sampling import (
     VOLUME_ID,
     ClassVoxelIndex,
     class_quotas,
+    draw_balanced_centres,
     proportional_counts,
 )
 from mtseg.data.subjects import prepare_subject
@@ -274,3 +275,28 @@ def test_each_ddp_process_draws_its_own_balanced_share_of_the_mini_batch():
     assert not torch.equal(shares[0]["centre"], shares[1]["centre"])  # streams seeded by rank
     with pytest.raises(ValueError, match=r"training.batch_size=12 cannot be split over 5 processes"):
         dm.train_batches(2, rank=0, world_size=5)
+
+
+def test_background_near_tissue_draws_that_share_of_the_background_beside_labelled_voxels_and_nothing_else_changes():
+    label = torch.zeros(30, 30, 30, dtype=torch.long)
+    label[12:16, 12:16, 12:16] = 1
+    index = ClassVoxelIndex(label, torch.ones(30, 30, 30, dtype=torch.bool), 2)
+    subject = {CLASS_INDEX: index}  # what draw_balanced_centres reads of a subject
+    labelled = (label > 0).float()[None, None]
+    near_mask = (F.max_pool3d(labelled, 5, stride=1, padding=2)[0, 0].bool() & (label == 0)).flatten()
+    assert torch.equal(index.near_background(2).long(), near_mask.nonzero().flatten())
+    # the paper's sampling (None or 0) draws exactly as before the option existed
+    paper = draw_balanced_centres(subject, 700, torch.Generator().manual_seed(4))
+    for off in (None, 0.0):
+        again = draw_balanced_centres(subject, 700, torch.Generator().manual_seed(4), off, 2)
+        assert all(torch.equal(a, b) for a, b in zip(paper, again))
+    centres, labels = draw_balanced_centres(subject, 7000, torch.Generator().manual_seed(4), 0.5, 2)
+    assert torch.bincount(labels).tolist() == [3500, 3500]  # the class balance is the paper's
+    background = centres[labels == 0]
+    assert (label.flatten()[background] == 0).all()
+    share_paper = float(near_mask[paper[0][paper[1] == 0]].double().mean())  # 8**3 - 4**3 of 30**3 - 4**3: about 2 %
+    share = float(near_mask[background].double().mean())
+    assert share_paper < 0.05 and 0.5 <= share <= 0.5 + 0.05
+    with pytest.raises(ValueError, match=r"training.background_near_tissue must be a share in \[0, 1\] or null"):
+        PatchTraining(queue=TOY_QUEUE, background_near_tissue=1.5)
+    assert PatchTraining(queue=TOY_QUEUE, background_near_tissue=0.5).config()["background_near_tissue"] == 0.5

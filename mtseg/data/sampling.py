@@ -95,6 +95,8 @@ class ClassVoxelIndex:
     ):
         if n_classes >= NOT_ELIGIBLE:
             raise ValueError(f"at most {NOT_ELIGIBLE - 1} classes are supported")
+        #: The volume's shape (the codes are flat).
+        self.shape = tuple(label.shape)
         label = label.reshape(-1)
         check_label_range(label, n_classes, "class voxel index")
         self.codes = torch.where(eligible.reshape(-1).bool(), label, NOT_ELIGIBLE).to(torch.uint8)
@@ -105,11 +107,29 @@ class ClassVoxelIndex:
             torch.nonzero(self.codes == c).flatten().to(index_type) if 0 < f <= listed_fraction else None
             for c, f in enumerate(self.fractions.tolist())
         ]
+        self._near_background: dict[int, torch.Tensor] = {}
 
     @property
     def present(self) -> torch.Tensor:
         """Classes with at least one eligible voxel."""
         return torch.nonzero(self.counts).flatten()
+
+    def near_background(self, radius: int) -> torch.Tensor:
+        """Flat indices of the eligible background voxels within ``radius`` voxels along every axis (a box) of an
+        eligible labelled voxel: the background a patch of a labelled voxel's neighbourhood sees. Built once per
+        radius (three separable max-pools of the labelled mask), then kept."""
+        if radius not in self._near_background:
+            codes = self.codes.view(self.shape)
+            near = ((codes > 0) & (codes != NOT_ELIGIBLE)).float()[None, None]
+            for axis in range(3):
+                kernel = [1, 1, 1]
+                kernel[axis] = 2 * radius + 1
+                padding = [k // 2 for k in kernel]
+                near = torch.nn.functional.max_pool3d(near, tuple(kernel), stride=1, padding=tuple(padding))
+            near = near[0, 0].bool().flatten() & (self.codes == 0)
+            index_type = torch.int32 if self.codes.numel() < 2**31 else torch.int64
+            self._near_background[radius] = torch.nonzero(near).flatten().to(index_type)
+        return self._near_background[radius]
 
     def draw(self, cls: int, n: int, generator: torch.Generator) -> torch.Tensor:
         """``n`` flat voxel indices of class ``cls``, uniformly with replacement."""
@@ -129,18 +149,38 @@ class ClassVoxelIndex:
         return torch.cat(found)
 
 
-def draw_balanced_centres(subject: tio.Subject, n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+def draw_balanced_centres(
+    subject: tio.Subject, n: int, generator: torch.Generator, background_near: float | None = None, radius: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``n`` sample centres of ``subject`` (flat voxel indices) and their task-local labels, in random order.
 
     The classes get shares of ``n`` in proportion to the subject's :data:`CLASS_QUOTA`
     (equal shares of its present classes when it has none), the remainder going to classes
     drawn at random; each class's centres are drawn from its :data:`CLASS_INDEX`.
+
+    ``background_near`` (a departure from the paper; ``None`` or 0 is the paper's sampling): that share of
+    the background centres is drawn from the background within ``radius`` voxels of labelled tissue
+    (:meth:`ClassVoxelIndex.near_background`), the rest as the paper draws them, anywhere above the threshold.
     """
     index: ClassVoxelIndex = subject[CLASS_INDEX]
     quota = subject.get(CLASS_QUOTA)
     weights = quota if quota is not None else (index.counts > 0).double()
     counts = proportional_counts(n, weights, generator)
     labels = torch.repeat_interleave(torch.arange(len(counts)), counts)
-    centres = torch.cat([index.draw(c, k, generator) for c, k in enumerate(counts.tolist()) if k > 0])
+    centres = torch.cat([
+        _draw_background(index, k, generator, background_near, radius) if c == 0 and background_near else index.draw(c, k, generator)
+        for c, k in enumerate(counts.tolist()) if k > 0
+    ])
     order = torch.randperm(n, generator=generator)
     return centres[order], labels[order]
+
+
+def _draw_background(index: ClassVoxelIndex, n: int, generator: torch.Generator, near_share: float, radius: int) -> torch.Tensor:
+    """``n`` background centres, ``near_share`` of them within ``radius`` voxels of labelled tissue (none there when the
+    image has no such background), the rest from all eligible background."""
+    near = index.near_background(radius)
+    k = int(round(near_share * n)) if len(near) else 0
+    parts = [near[torch.randint(len(near), (k,), generator=generator)].long()] if k else []
+    if n - k:
+        parts.append(index.draw(0, n - k, generator))
+    return torch.cat(parts)

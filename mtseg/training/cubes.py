@@ -46,7 +46,7 @@ class CubeTraining(TrainingMode):
         cubes_per_task: Cubes of each task per mini-batch, over all processes.
         queue: Per task queue: ``max_length``, ``samples_per_volume``, ``block`` (in cubes).
         batch_renorm: ``[r_max, d_max]`` to train with batch renormalisation, or ``None``.
-        renamed_from: See :class:`~mtseg.training.mode.TrainingMode`.
+        **common: ``background_near_tissue``, ``renamed_from``: see :class:`~mtseg.training.mode.TrainingMode`.
     """
 
     name = "cubes"
@@ -57,13 +57,13 @@ class CubeTraining(TrainingMode):
         cubes_per_task: int = 32,
         queue: Mapping[str, int] | None = None,
         batch_renorm: Sequence[float] | None = None,
-        renamed_from: str | None = None,
+        **common: Any,
     ):
         self.cube = positive_int("training.cube", cube)
         self.cubes_per_task = positive_int("training.cubes_per_task", cubes_per_task)
         self.batch_renorm = None if batch_renorm is None else [float(v) for v in batch_renorm]
         self.patch_size = self.cube
-        super().__init__(DEFAULT_QUEUE if queue is None else queue, renamed_from)
+        super().__init__(DEFAULT_QUEUE if queue is None else queue, **common)
 
     def settings(self) -> dict[str, Any]:
         return {"cube": self.cube, "cubes_per_task": self.cubes_per_task, "batch_renorm": self.batch_renorm}
@@ -82,7 +82,7 @@ class CubeTraining(TrainingMode):
         volume = subject[VOLUME]
         if volume.radius != depth:
             raise ValueError(f"volume padded for depth {volume.radius}, the sampler wants {depth}")
-        centres, _ = draw_balanced_centres(subject, n, generator)
+        centres, _ = draw_balanced_centres(subject, n, generator, self.background_near_tissue, depth)
         return {"start": volume.cube_start(centres, self.cube)}
 
     def draw_minibatch(self, queues: Mapping[str, BlockQueue], count: int, generator: torch.Generator) -> dict[str, torch.Tensor]:

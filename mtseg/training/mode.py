@@ -51,6 +51,9 @@ class TrainingMode:
         queue: ``max_length`` (items held per task), ``samples_per_volume`` (items per visit of an
             image that holds every class) and ``block`` (items per queue entry, drawn from one image),
             counted in the mode's items (samples or cubes).
+        background_near_tissue: A departure from the paper (``None``: the paper's sampling): this share
+            of each task's background centres is drawn within ``model.depth`` voxels of labelled tissue
+            (:func:`~mtseg.data.sampling.draw_balanced_centres`), the rest anywhere above the threshold.
         renamed_from: The old config name the mode was selected by (``training=dense``): a warning
             names the current one.
     """
@@ -60,7 +63,7 @@ class TrainingMode:
     #: Side of a TorchIO patch of one item (TorchIO checks it against each volume's shape).
     patch_size: int = 1
 
-    def __init__(self, queue: Mapping[str, int], renamed_from: str | None = None):
+    def __init__(self, queue: Mapping[str, int], background_near_tissue: float | None = None, renamed_from: str | None = None):
         if not isinstance(queue, Mapping):
             raise ValueError(f"training.queue must hold {', '.join(QUEUE_SETTINGS)}, got {queue!r}")
         self.queue = {knob: queue.get(knob) for knob in QUEUE_SETTINGS}
@@ -74,6 +77,10 @@ class TrainingMode:
                 f"block={block}, samples_per_volume={per_visit}, max_length={held}"
             )
         self.queue = {"max_length": held, "samples_per_volume": per_visit, "block": block}
+        if background_near_tissue is not None and (isinstance(background_near_tissue, bool) or not isinstance(background_near_tissue, (int, float))
+                                                   or not 0.0 <= background_near_tissue <= 1.0):
+            raise ValueError(f"training.background_near_tissue must be a share in [0, 1] or null, got {background_near_tissue!r}")
+        self.background_near_tissue = None if background_near_tissue is None else float(background_near_tissue)
         if renamed_from:
             log.warning("training=%s is now training=%s; the old name still works", renamed_from, self.name)
 
@@ -86,7 +93,8 @@ class TrainingMode:
     def config(self) -> dict[str, Any]:
         """The mode as checkpoints store it: its class and settings (:func:`training_mode_from_config`)."""
         cls = type(self)
-        return {"_target_": f"{cls.__module__}.{cls.__qualname__}", **self.settings(), "queue": dict(self.queue)}
+        return {"_target_": f"{cls.__module__}.{cls.__qualname__}", **self.settings(), "queue": dict(self.queue),
+                "background_near_tissue": self.background_near_tissue}
 
     def describe(self) -> str:
         """What one optimiser step holds, for tables: ``210 samples`` or ``32 cube(s) of 2^3 voxels``."""

@@ -37,14 +37,14 @@ class PatchTraining(TrainingMode):
     Args:
         batch_size: Samples per mini-batch over all processes (paper: 210).
         queue: Per task queue: ``max_length``, ``samples_per_volume``, ``block`` (in samples).
-        renamed_from: See :class:`~mtseg.training.mode.TrainingMode`.
+        **common: ``background_near_tissue``, ``renamed_from``: see :class:`~mtseg.training.mode.TrainingMode`.
     """
 
     name = "patch"
 
-    def __init__(self, batch_size: int = 210, queue: Mapping[str, int] | None = None, renamed_from: str | None = None):
+    def __init__(self, batch_size: int = 210, queue: Mapping[str, int] | None = None, **common: Any):
         self.batch_size = positive_int("training.batch_size", batch_size)
-        super().__init__(DEFAULT_QUEUE if queue is None else queue, renamed_from)
+        super().__init__(DEFAULT_QUEUE if queue is None else queue, **common)
 
     def settings(self) -> dict[str, Any]:
         return {"batch_size": self.batch_size}
@@ -71,7 +71,7 @@ class PatchTraining(TrainingMode):
     def draw_items(self, subject: tio.Subject, n: int, depth: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
         if subject[VOLUME].radius != depth:
             raise ValueError(f"volume padded for depth {subject[VOLUME].radius}, the sampler wants {depth}")
-        centres, labels = draw_balanced_centres(subject, n, generator)
+        centres, labels = draw_balanced_centres(subject, n, generator, self.background_near_tissue, depth)
         return {"centre": centres, "label": labels}
 
     def draw_minibatch(self, queues: Mapping[str, BlockQueue], count: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
