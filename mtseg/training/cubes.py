@@ -63,6 +63,7 @@ class CubeTraining(TrainingMode):
         self.cubes_per_task = positive_int("training.cubes_per_task", cubes_per_task)
         self.batch_renorm = None if batch_renorm is None else [float(v) for v in batch_renorm]
         self.patch_size = self.cube
+        self._task_ids: dict[tuple[int, int], torch.Tensor] = {}
         super().__init__(DEFAULT_QUEUE if queue is None else queue, **common)
 
     def settings(self) -> dict[str, Any]:
@@ -87,10 +88,13 @@ class CubeTraining(TrainingMode):
 
     def draw_minibatch(self, queues: Mapping[str, BlockQueue], count: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
         cubes = [queue.take(count) for queue in queues.values()]
+        key = (len(cubes), count)
+        if key not in self._task_ids:  # once per stream: repeat_interleave costs more than the rest of a draw
+            self._task_ids[key] = torch.arange(len(cubes)).repeat_interleave(count)
         return {
             "volume_id": torch.cat([c["volume_id"] for c in cubes]),
             "start": torch.cat([c["start"] for c in cubes]),
-            "task": torch.arange(len(cubes)).repeat_interleave(count),
+            "task": self._task_ids[key].clone(),
         }
 
     def check_training_volumes(self, task: str, subjects: list[tio.Subject]) -> None:
