@@ -29,6 +29,7 @@ from mtseg.nifti import atomic_write_bytes
 from mtseg.runtime.console import quiet_libraries
 from mtseg.runtime.provenance import command_line, write_provenance
 from mtseg.tasks import experiment_tasks
+from mtseg.training.cubes import CubeTraining
 from mtseg.training.experiment_configs import register_experiment_configs
 
 
@@ -54,7 +55,7 @@ def main(argv: list[str] | None = None) -> None:
     generator = torch.Generator().manual_seed(0)
     results = {"experiment": cfg.experiment, "training_mode": training.name, "distance_bands": background.band_names()}
     results["landing"] = {t: background.background_landing(datamodule.subjects[t]["train"], args.per_image, generator) for t in tasks}
-    if hasattr(training, "cube"):  # the loss-weight measurement is of cube training
+    if isinstance(training, CubeTraining):  # the loss-weight measurement is of cube training (the demo's)
         train_subjects = [s for t in tasks for s in datamodule.subjects[t]["train"]]
         distances = {int(s[VOLUME_ID]): background.tissue_distance(s) for s in train_subjects}
         stream = iter(datamodule.train_batches())

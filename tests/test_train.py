@@ -358,3 +358,20 @@ def test_a_compiled_stack_trains_and_saves_the_same_checkpoint_keys(tmp_path):
     assert list(states[0]) == list(states[1])  # compiled in place: evaluate, predict and resume read it as any other
     dice = [json.loads((run / "summary.json").read_text())["dice"]["breast"]["pectoral_muscle"] for run in (plain, compiled)]
     assert dice[1] == pytest.approx(dice[0], abs=0.05)  # the same training; compiled kernels round differently
+
+
+def test_callbacks_and_loggers_are_added_and_removed_in_the_config(tmp_path):
+    """conf/callbacks and conf/logger are built with hydra.utils.instantiate: a user's logger runs beside the
+    run's own files, and a default callback goes with ~callbacks.<name>."""
+    run = tmp_path / "run"
+    run_train(tmp_path, "+experiment=breast", "schedule.minibatches_per_task=2", f"hydra.run.dir={run}", "logger=none",
+              "+logger.csv._target_=lightning.pytorch.loggers.CSVLogger", f"+logger.csv.save_dir={tmp_path / 'csv'}",
+              "~callbacks.segmentation_overlays")
+    logged = list((tmp_path / "csv").rglob("metrics.csv"))
+    assert len(logged) == 1 and "val/dice/breast/pectoral_muscle" in logged[0].read_text().splitlines()[0]
+    assert (run / "metrics.csv").is_file() and (run / "checkpoints" / "last.ckpt").is_file()  # the run's own files still
+    without_checkpoints = tmp_path / "bare"
+    run_train(tmp_path, "+experiment=breast", "schedule.minibatches_per_task=2", f"hydra.run.dir={without_checkpoints}",
+              "logger=none", "~callbacks.checkpoints")
+    assert (without_checkpoints / "metrics.csv").is_file()
+    assert not (without_checkpoints / "checkpoints" / "step0000004.ckpt").exists()
