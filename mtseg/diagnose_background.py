@@ -33,6 +33,17 @@ from mtseg.training.cubes import CubeTraining
 from mtseg.training.experiment_configs import register_experiment_configs
 
 
+def run_results(checkpoint: Path) -> dict:
+    """The final Dice and median cross-task confusion of the run the checkpoint belongs to (its ``summary.json``), if any."""
+    summary = checkpoint.parent.parent / "summary.json"
+    if not summary.is_file():
+        return {}
+    data = json.loads(summary.read_text())
+    tasks = (data.get("evaluation") or {}).get("tasks", {})
+    return {"run": str(summary.parent), "run_dice": data.get("dice"),
+            "run_confusion_percent": {t: r.get("cross_task_confusion_percent", {}).get("median") for t, r in tasks.items()}}
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m mtseg.diagnose_background", description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True, help="folder for results.json, report.md and provenance.json")
@@ -76,6 +87,7 @@ def main(argv: list[str] | None = None) -> None:
             "checkpoint": path, "experiment": loaded.label_space.experiment,
             "held_out": image.case_id,
             "false_positives": background.false_positives(labels, image.reference, image.volume.interior, held_out, loaded.label_space, "brain"),
+            **run_results(Path(path)),
         }
     first = next(iter(results["networks"].values()), None)
     if first and first["false_positives"].get("brain_stem", {}).get("voxels"):

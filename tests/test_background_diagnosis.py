@@ -43,6 +43,9 @@ def test_false_positives_are_counted_per_class_with_where_they_lie():
     assert result["brain_stem"]["voxels"] == 1 and result["brain_stem"]["below_lowest_labelled_slice"] == 1.0
     assert result["brain_stem"]["median_distance"] == 8 and result["cerebellum"]["median_distance"] == 7
     assert result["white_matter"] == {"voxels": 0} and result["other_tasks_classes"]["voxels"] == 0
+    matrix = torch.tensor(result["confusion_matrix"]["counts"])
+    assert matrix.shape == (7, 8) and matrix.sum() == reference.numel()
+    assert matrix[0, 6] == 1 and matrix[0, 5] == 1 and matrix[1, 1] == 64 and matrix[:, 7].sum() == 0
 
 
 def test_cube_loss_weight_on_the_background_of_a_task_alone_is_the_experiments_times_the_tasks():

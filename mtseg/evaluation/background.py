@@ -142,6 +142,15 @@ def false_positives(
         if channel not in own:
             other |= labels == channel
     result["other_tasks_classes"] = {"voxels": int(other.sum()), "percent": 100.0 * float(other.double().mean())}
+    # where each reference class went: rows reference (background first), columns the task's labels, then any other task's class
+    local = label_space.to_local(task)[labels.long()].long()
+    n = len(label_space.global_labels(task))
+    predicted = torch.where(other, n, local)
+    counts = torch.bincount(reference.long().flatten() * (n + 1) + predicted.flatten(), minlength=n * (n + 1))
+    result["confusion_matrix"] = {
+        "rows": "reference class (background first)", "columns": "label given (the task's classes, then another task's)",
+        "counts": counts.view(n, n + 1).tolist(),
+    }
     return result
 
 
