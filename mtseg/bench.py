@@ -76,8 +76,8 @@ from mtseg.evaluation.operating_point import thresholded
 from mtseg.runtime.provenance import command_line, write_provenance
 
 
-#: Dense training steps timed in a fresh process (after one warm-up step).
-DENSE_STEPS_TIMED = 3
+#: Cube training steps timed in a fresh process (after one warm-up step).
+CUBE_STEPS_TIMED = 3
 
 #: Every figure printed, ``{section: {name: value}}``, as the measurements produce them (:func:`record`);
 #: ``--out`` writes it to ``bench.json``. Floats are kept to 6 significant digits.
@@ -205,7 +205,7 @@ def _cube_step_in_child(tasks: list[str], model: dict, n_cubes: int, cube: int, 
     }
     before = peak_rss_gib()
     seconds = 0.0
-    for step in range(DENSE_STEPS_TIMED + 1):  # the first step warms up
+    for step in range(CUBE_STEPS_TIMED + 1):  # the first step warms up
         _synchronize(device)
         start = time.perf_counter()
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
@@ -216,7 +216,7 @@ def _cube_step_in_child(tasks: list[str], model: dict, n_cubes: int, cube: int, 
         _synchronize(device)
         seconds += (time.perf_counter() - start) if step else 0.0
     gpu = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
-    results.put((before, peak_rss_gib(), gpu, module.net.forward_cubes_bytes(n_cubes, cube) / 2**30, seconds / DENSE_STEPS_TIMED))
+    results.put((before, peak_rss_gib(), gpu, module.net.forward_cubes_bytes(n_cubes, cube) / 2**30, seconds / CUBE_STEPS_TIMED))
 
 
 def cube_step_memory(tasks: list[str], model: dict, n_cubes: int, cube: int, device: torch.device, bf16: bool = False,

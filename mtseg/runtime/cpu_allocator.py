@@ -5,11 +5,11 @@ glibc's ``malloc`` serves every block above its mmap threshold (at most 32 MiB) 
 allocates and frees tensors of tens to hundreds of MiB (each layer's activations over a
 mini-batch of context slices), so every step the kernel maps, zeroes and faults in all of
 them again: on a 2-core Xeon (docs/CHANGELOG.md) that was 0.2–0.8 million page faults and about a
-third of every dense training step at the demo's settings. :func:`reuse_freed_memory` tells
+third of every cube training step at the demo's settings. :func:`reuse_freed_memory` tells
 glibc to take all memory from its heap (``M_MMAP_MAX = 0``) and not to give freed memory back
 to the system (``M_TRIM_THRESHOLD``), so from the second step on a step reuses the pages of
 the previous ones (no page faults; tested). The price is memory: freed blocks stay with the
-process, so its peak RSS is higher (a dense step at the demo's settings: 2.3 GiB with glibc's
+process, so its peak RSS is higher (a cube step at the demo's settings: 2.3 GiB with glibc's
 defaults, 2.6–3.2 GiB kept; docs/CHANGELOG.md), and it is returned only when the process
 ends.
 
