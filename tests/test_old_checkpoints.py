@@ -41,7 +41,8 @@ COMMON = [
 
 @pytest.mark.parametrize("mode", sorted(RUNS))
 def test_an_old_checkpoint_loads_and_evaluates_to_its_runs_dice(mode, tmp_path):
-    run = FIXTURES / mode
+    run = tmp_path / "old"
+    shutil.copytree(FIXTURES / mode, run)  # evaluate writes its PR thresholds beside the checkpoint: never into the repository
     loaded = load_checkpoint(run / "checkpoints" / "last.ckpt")
     assert loaded.label_space.tasks == ("breast", "cta") and loaded.global_step == (4 if mode == "cubes" else 8)
     out = tmp_path / "evaluation"
@@ -51,6 +52,7 @@ def test_an_old_checkpoint_loads_and_evaluates_to_its_runs_dice(mode, tmp_path):
     results = json.loads((out / "results.json").read_text())
     summary = json.loads((run / "summary.json").read_text())
     assert results["minibatches_per_task"] == summary["minibatches_per_task"] == 4
+    assert sorted(p.name for p in (FIXTURES / mode / "checkpoints").iterdir()) == sorted(p.name for p in (FIXTURES / mode / "checkpoints").glob("*.ckpt"))
     for task, classes in summary["dice"].items():
         for cls, dice in classes.items():
             assert results["tasks"][task]["classes"][cls]["mean_dice"] == pytest.approx(dice, abs=1e-9)
