@@ -78,10 +78,12 @@ def main(argv: list[str] | None = None) -> None:
         results["ignored_voxel_share"] = background.ignored_share(batches)
     results["networks"] = {}
     held_out = datamodule.subjects["brain"]["test"][0] if "brain" in tasks else None
+    if args.checkpoint and held_out is None:
+        raise SystemExit("--checkpoint: the false positives are counted on a held-out brain; the experiment has none")
+    image = None if held_out is None else HeldOutImage.from_subject(held_out)
     for spec in args.checkpoint:
         name, _, path = spec.partition("=")
         loaded = load_checkpoint(path)
-        image = HeldOutImage.from_subject(held_out)
         labels = segment_volume(loaded.net, image.volume, image.mask, channels=()).labels
         results["networks"][name] = {
             "checkpoint": path, "experiment": loaded.label_space.experiment,

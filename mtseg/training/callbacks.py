@@ -43,6 +43,11 @@ class RunClock(L.Callback):
                 return callback
         raise RuntimeError("the trainer has no RunClock callback (mtseg.train adds one)")
 
+    @property
+    def started(self) -> bool:
+        """Whether training has started in this process."""
+        return self._start is not None
+
     def training_seconds(self) -> float:
         """Training wall-clock seconds so far, evaluations excluded, earlier parts of a resumed run included."""
         if self._start is None:
@@ -91,7 +96,7 @@ class DiceCSVWriter(L.Callback):
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         clock = RunClock.of(trainer)
-        train_seconds = float("nan") if clock._start is None else clock.training_seconds()
+        train_seconds = clock.training_seconds() if clock.started else float("nan")
         if trainer.sanity_checking or not pl_module.latest_dice or not trainer.is_global_zero:  # one file under DDP
             return
         new_file = not self.path.exists()

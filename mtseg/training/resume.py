@@ -17,12 +17,13 @@ from omegaconf import DictConfig, OmegaConf
 
 from mtseg.checkpoint import LoadedCheckpoint, load_checkpoint
 from mtseg.nifti import atomic_write_bytes
+from mtseg.settings import MOVED_SETTINGS
 from mtseg.tasks import experiment_tasks
 from mtseg.training.callbacks import METRICS_COLUMNS
 from mtseg.training.mode import TrainingMode
 
-#: Data settings that moved to the training mode: where they are now.
-MOVED_TO_TRAINING = {"batch_size": "training.batch_size", "queue": "training.queue"}
+#: Keys of the data config that moved to the training mode (:data:`mtseg.settings.MOVED_SETTINGS`).
+MOVED_DATA_KEYS = frozenset(old.removeprefix("data.") for old in MOVED_SETTINGS if old.startswith("data."))
 
 
 #: Settings a resumed run must share with its checkpoint: (this run's config key, stored hyper-parameter).
@@ -68,7 +69,7 @@ def resumed_checkpoint(cfg: DictConfig, training: TrainingMode) -> LoadedCheckpo
 def without_moved(data: dict) -> dict:
     """The data config without the settings that moved to the training mode (``batch_size``, ``queue``:
     stored by checkpoints before, ``null`` since)."""
-    return {k: v for k, v in data.items() if k not in MOVED_TO_TRAINING}
+    return {k: v for k, v in data.items() if k not in MOVED_DATA_KEYS}
 
 
 def without_roots(data: dict) -> dict:
