@@ -31,6 +31,7 @@ ALLOWED_TARGETS = frozenset(
         "torchio.RandomNoise",
         "torchio.RandomFlip",
         "torchio.RandomAnisotropy",
+        "torchio.RandomBlur",
     }
 )
 

@@ -23,6 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from mtseg.checkpoint import LoadedCheckpoint, load_checkpoint, select_device, test_datamodule, thresholds_path
 from mtseg.data.held_out import HeldOutImage
 from mtseg.data.preprocessing import IMAGE, LABEL
+from mtseg.evaluation.contrast_variants import VariantSpec, evaluate_variants, report_markdown, summarise, variant_specs, variant_tasks
 from mtseg.evaluation.whole_image import EvaluationResult, WholeImageEvaluator
 from mtseg.nifti import atomic_write_bytes, check_outputs, read_image, to_input_grid, write_like
 from mtseg.runtime.signals import SIGTERM_EXIT, Terminated, sigterm_raises
@@ -55,10 +56,12 @@ def evaluate_checkpoint(
     return evaluator.compute()
 
 
-def check_evaluation_outputs(out_dir: Path, loaded: LoadedCheckpoint, datamodule, write_predictions: bool) -> None:
+def check_evaluation_outputs(out_dir: Path, loaded: LoadedCheckpoint, datamodule, write_predictions: bool, variants: bool = False) -> None:
     """Before any image is segmented: results of an earlier evaluation in ``out_dir`` may be replaced,
     an input (a test image or label, the checkpoint) never, whatever ``output_dir`` says."""
     outputs = [out_dir / "results.json", out_dir / "per_image.csv", thresholds_path(loaded.path)]
+    if variants:
+        outputs += [out_dir / "variants.json", out_dir / "variants.md"]
     inputs = {"checkpoint": loaded.path}
     for task in loaded.label_space.tasks:
         for subject in datamodule.subjects[task]["test"]:
@@ -102,8 +105,9 @@ def write_results(result: EvaluationResult, out_dir: Path, loaded: LoadedCheckpo
 def evaluate(cfg: DictConfig) -> dict:
     out_dir = Path(HydraConfig.get().runtime.output_dir)
     loaded = load_checkpoint(cfg.ckpt_path)
+    specs, variant_task_names = prepare_variants(cfg, loaded)
     datamodule = test_datamodule(loaded, cfg.data)
-    check_evaluation_outputs(out_dir, loaded, datamodule, cfg.write_predictions)
+    check_evaluation_outputs(out_dir, loaded, datamodule, cfg.write_predictions, bool(specs))
     result = evaluate_checkpoint(
         loaded, datamodule, cfg.evaluation.pr_thresholds, cfg.evaluation.slab_voxels, cfg.write_predictions, select_device(cfg.device),
         cfg.surface_distances,
@@ -117,8 +121,50 @@ def evaluate(cfg: DictConfig) -> dict:
         except OSError as error:
             log.warning("PR thresholds not stored beside the checkpoint (%s); they are in results.json", error)
     print(summary_lines(results))
+    if specs:
+        print(write_variant_results(cfg, loaded, datamodule, result, out_dir, specs, variant_task_names))
     print(f"Results in {out_dir}")
     return results
+
+
+def prepare_variants(cfg: DictConfig, loaded: LoadedCheckpoint) -> tuple[list[VariantSpec], list[str]]:
+    """The test variants of ``cfg.variants`` and the tasks that get them (none without ``variants=``)."""
+    if not cfg.get("variants"):
+        return [], []
+    config = OmegaConf.to_container(cfg.variants, resolve=True)
+    specs = variant_specs(config)
+    tasks = variant_tasks(loaded.label_space.tasks, config.get("modalities") or [])
+    if not tasks:
+        raise ValueError(
+            f"variants.modalities={config.get('modalities')}: none of the checkpoint's tasks {list(loaded.label_space.tasks)} is of these"
+        )
+    return specs, tasks
+
+
+def write_variant_results(
+    cfg: DictConfig, loaded: LoadedCheckpoint, datamodule, result: EvaluationResult, out_dir: Path, specs: list[VariantSpec], tasks: list[str]
+) -> str:
+    """``variants.json`` and ``variants.md``: the network on the test variants ``specs`` of ``tasks``' images
+    (:mod:`mtseg.evaluation.contrast_variants`); returns the Markdown table."""
+    config = OmegaConf.to_container(cfg.variants, resolve=True)
+    original = {task: {cls: result.tasks[task].class_dice(cls)["mean"] for cls in result.tasks[task].classes} for task in tasks}
+    per_variant = evaluate_variants(
+        loaded, datamodule, specs, tasks, original, result.thresholds(), cfg.evaluation.pr_thresholds, cfg.evaluation.slab_voxels,
+        select_device(cfg.device), log,
+    )
+    summary = summarise(per_variant)
+    table = report_markdown(per_variant, summary)
+    payload = {
+        "checkpoint": str(loaded.path),
+        "minibatches_per_task": loaded.module.minibatches_per_task(loaded.global_step),
+        "variants_config": config,
+        "dice": per_variant,
+        "summary": summary,
+    }
+    text = json.dumps(payload, indent=2, allow_nan=False, default=lambda v: None)
+    atomic_write_bytes(out_dir / "variants.json", lambda tmp: Path(tmp).write_text(text))
+    atomic_write_bytes(out_dir / "variants.md", lambda tmp: Path(tmp).write_text(table))
+    return table
 
 
 def summary_lines(results: dict) -> str:

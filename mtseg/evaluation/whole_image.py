@@ -204,13 +204,20 @@ class WholeImageEvaluator:
             ``pr_threshold`` tasks) is kept until :meth:`compute`.
         surface_distances: Also compute each image's HD95 and ASSD per class
             (:func:`mtseg.evaluation.metrics.surface_distances`; ``mtseg.evaluate``, not the learning curves).
+        fixed_thresholds: ``{task: threshold}``: these ``pr_threshold`` tasks are labelled at the given
+            threshold instead of the operating point of the images added (test variants of images
+            whose operating point was found on the originals); their ``pooled_dice`` is ``None``.
     """
 
-    def __init__(self, label_space: LabelSpace, pr_thresholds: int, keep_predictions: bool = False, surface_distances: bool = False):
+    def __init__(
+        self, label_space: LabelSpace, pr_thresholds: int, keep_predictions: bool = False, surface_distances: bool = False,
+        fixed_thresholds: Mapping[str, float] | None = None,
+    ):
         self.label_space = label_space
         self.pr_thresholds = pr_thresholds
         self.keep_predictions = keep_predictions
         self.surface_distances = surface_distances
+        self.fixed_thresholds = dict(fixed_thresholds or {})
         self._pending: dict[str, list[dict]] = {t: [] for t in label_space.tasks}
         self._curves = {
             t: PooledPRCurve(pr_thresholds) for t in label_space.tasks if TASKS[t].operating_point == "pr_threshold"
@@ -290,7 +297,9 @@ class WholeImageEvaluator:
                 continue
             spec = TASKS[task]
             result = TaskResult(task, spec.operating_point, [])
-            if task in self._curves:
+            if task in self.fixed_thresholds and task in self._curves:
+                result.threshold = float(self.fixed_thresholds[task])
+            elif task in self._curves:
                 point = self._curves[task].operating_point()
                 result.threshold, result.pooled_dice = point.threshold, point.dice
                 result.pr_curve = {
