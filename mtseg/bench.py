@@ -21,7 +21,7 @@
    ``--large-shape 256 256 256``, dense voxels/s and peak memory on a large volume
    (measured in a separate process, so the peak is the inference's own);
 7. seconds per brain: dense inference of a phantom brain MR (``--brain-shape``, 181x217x181 at 1 mm by
-   default) with the default config's network (or ``--brain-checkpoint``'s), by the path before batch-norm
+   default; or a brain MR NIfTI, ``--brain-image``) with the default config's network (or ``--brain-checkpoint``'s), by the path before batch-norm
    folding and bf16 (unfolded, fp32) and by the new default path (``conf/predict.yaml``'s precision), both
    in this process; the peak memory of each in a fresh process, as ``predict`` keeps its outputs; and the
    share of the mask's voxels given the same label and the largest probability difference.
@@ -71,7 +71,7 @@ from mtseg.runtime.bf16 import cpu_has_native_bf16
 from mtseg.tasks import LabelSpace
 from mtseg.training.cubes import CubeTraining
 from mtseg.training.module import MultiTaskSegmentationModule
-from mtseg.nifti import atomic_write_bytes
+from mtseg.nifti import atomic_write_bytes, read_image
 from mtseg.evaluation.operating_point import thresholded
 from mtseg.runtime.provenance import command_line, write_provenance
 
@@ -358,14 +358,16 @@ def segment_volume_before(net: TriplanarCNN, volume: TriplanarVolume, mask: torc
     return labels, probabilities
 
 
-def phantom_brain(shape: tuple[int, int, int], cfg, depth: int, seed: int = 0) -> tuple[TriplanarVolume, torch.Tensor]:
-    """A phantom brain MR of ``shape`` at 1 mm preprocessed as the brain task is (conf/data/brain), padded for
-    ``depth``, and its sampling mask (what ``predict`` segments)."""
-    spec = PhantomSpec("brain", shape, 1.0)
-    image, _, affine = generate_phantom(spec, seed)
+def phantom_brain(shape: tuple[int, int, int], cfg, depth: int, seed: int = 0, path: str | None = None) -> tuple[TriplanarVolume, torch.Tensor]:
+    """A phantom brain MR of ``shape`` at 1 mm (or the brain MR NIfTI at ``path``) preprocessed as the brain task
+    is (conf/data/brain), padded for ``depth``, and its sampling mask (what ``predict`` segments)."""
+    if path:
+        image = read_image(path)
+    else:
+        data, _, affine = generate_phantom(PhantomSpec("brain", shape, 1.0), seed)
+        image = tio.ScalarImage(tensor=torch.from_numpy(data)[None], affine=affine)
     pre = cfg.data.brain.preprocessing
-    subject = tio.Subject(image=tio.ScalarImage(tensor=torch.from_numpy(image)[None], affine=affine))
-    prepared = build_preprocessing(1.0, pre.threshold, [instantiate(t) for t in pre.intensity])(subject)
+    prepared = build_preprocessing(1.0, pre.threshold, [instantiate(t) for t in pre.intensity])(tio.Subject(image=image))
     return TriplanarVolume(prepared["image"].data[0], depth, float(cfg.data.pad_value)), prepared[SAMPLING_MASK].data[0].bool()
 
 
@@ -417,7 +419,8 @@ def time_brain(args: argparse.Namespace, cfg, device: torch.device) -> None:
     far the new path's labels and probabilities are from the old path's."""
     shape = tuple(args.brain_shape)
     net, kept, described = brain_network(cfg, args.brain_checkpoint, device)
-    volume, mask = phantom_brain(shape, cfg, net.depth)
+    volume, mask = phantom_brain(shape, cfg, net.depth, path=args.brain_image)
+    shape = tuple(mask.shape)
     precision = conf_defaults("predict.yaml")["precision"]
     dtype = inference_dtype(precision, device)
     small = TriplanarVolume(torch.rand(8, 8, 8), net.depth)
@@ -436,13 +439,14 @@ def time_brain(args: argparse.Namespace, cfg, device: torch.device) -> None:
     difference = float((new.probabilities - before_p).abs().max())
     del before_p, new
     memory = {path: brain_memory(net, volume, mask, kept, path, args.slab_voxels, precision) for path in ("before", "new")}
-    print(f"brain {shape} (phantom, {int(mask.sum()):,d} voxels in its mask), depth {net.depth}, {described}:")
+    source = args.brain_image or "phantom"
+    print(f"brain {shape} ({source}, {int(mask.sum()):,d} voxels in its mask), depth {net.depth}, {described}:")
     print(f"  before (unfolded, fp32): {before:.1f} s, peak RSS {memory['before'][2]:.2f} GiB in a fresh process "
           f"({memory['before'][1]:.2f} GiB before inference, {memory['before'][0]:.1f} s there)")
     print(f"  new default (folded, precision={precision} -> {str(dtype).removeprefix('torch.')}): {after:.1f} s, {before / after:.2f}x faster, "
           f"peak RSS {memory['new'][2]:.2f} GiB ({memory['new'][1]:.2f} GiB before inference, {memory['new'][0]:.1f} s there)")
     print(f"  new against before: same label at {100 * same:.3f} % of the mask's voxels, largest probability difference {difference:.2e}")
-    record("brain_inference", shape=shape, mask_voxels=int(mask.sum()), depth=net.depth, network=described, precision=precision,
+    record("brain_inference", shape=shape, image=source, mask_voxels=int(mask.sum()), depth=net.depth, network=described, precision=precision,
            dtype=str(dtype).removeprefix("torch."), seconds_before=before, seconds_new=after, speedup=before / after,
            peak_rss_gib_before=memory["before"][2], peak_rss_gib_new=memory["new"][2],
            rss_before_inference_gib=memory["new"][1], seconds_before_fresh_process=memory["before"][0],
@@ -463,6 +467,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--inference-only", action="store_true", help="skip the pipeline and training measurements")
     parser.add_argument("--brain-shape", type=int, nargs=3, default=(181, 217, 181),
                         help="phantom brain of seconds per brain, before and after (default: %(default)s, 1 mm; minutes on a CPU)")
+    parser.add_argument("--brain-image", help="a brain MR NIfTI for seconds per brain instead of a phantom of --brain-shape "
+                        "(preprocessed as the brain task is: 1 mm, normalised)")
     parser.add_argument("--brain-checkpoint", help="network of seconds per brain (default: the config's, random weights)")
     parser.add_argument("--out", help="also write bench.md, bench.json and provenance.json into this folder")
     parser.add_argument("--note", help="recorded in provenance.json and bench.md (e.g. what else ran on the machine)")

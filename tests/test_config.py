@@ -6,6 +6,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from mtseg import CONFIG_DIR
+from mtseg.checkpoint import ALLOWED_TARGETS
 from mtseg.tasks import EXPERIMENTS, LabelSpace, experiment_tasks
 from mtseg.training.cubes import CubeTraining
 from mtseg.training.mode import training_mode_from_config
@@ -71,6 +72,20 @@ def test_the_demo_preset_is_cpu_demo_with_a_lower_learning_rate_and_reslice_augm
     # a data source's own augmentation (the brain templates') is kept by cpu_demo
     templates = compose_train(["+experiment=brain", "data/brain=templates", "+preset=cpu_demo"])
     assert templates.data.brain.augmentation.copies == 4
+
+
+def test_the_brain_cpu_preset_trains_experiment_1_on_the_template_cohort_with_contrast_copies():
+    cfg = compose_train(["+experiment=brain", "+preset=brain_cpu"])
+    assert cfg.data.brain.source == "nnunet" and cfg.data.brain.root.endswith("Dataset990_MtsegBrainTemplates")
+    transforms = [t["_target_"] for t in cfg.data.brain.augmentation.transforms]
+    assert cfg.data.brain.augmentation.copies > 0
+    assert {"torchio.RandomAnisotropy", "torchio.RandomBlur", "torchio.RandomGamma", "torchio.RandomBiasField"} <= set(transforms)
+    assert transforms.index("torchio.RescaleIntensity") > transforms.index("torchio.RandomGamma")  # normalised again
+    assert (cfg.model.depth, cfg.model.width, cfg.model.fc_width) == (25, 32, 192)
+    assert instantiate(cfg.training).name == "cubes" and cfg.evaluation.intermediate_precision == "auto"
+    assert compose_train(["+experiment=brain"]).evaluation.intermediate_precision == "fp32"  # the paper's: every evaluation in fp32
+    # every transform of the copies is one a checkpoint may name (evaluate refuses others)
+    assert set(transforms) <= ALLOWED_TARGETS
 
 
 def test_training_mode_defaults_to_the_papers_and_cube_knobs_exist():

@@ -375,3 +375,28 @@ def test_callbacks_and_loggers_are_added_and_removed_in_the_config(tmp_path):
               "logger=none", "~callbacks.checkpoints")
     assert (without_checkpoints / "metrics.csv").is_file()
     assert not (without_checkpoints / "checkpoints" / "step0000004.ckpt").exists()
+
+
+def test_intermediate_evaluations_may_run_in_bf16_while_the_last_one_stays_fp32(tmp_path):
+    runs = {}
+    for precision in ("fp32", "bf16"):
+        result = run_train(tmp_path, "+experiment=breast", "seed=4", f"evaluation.intermediate_precision={precision}",
+                           "hydra.run.dir=" + str(tmp_path / precision))
+        runs[precision] = result.stdout + result.stderr
+    assert "evaluation at step 2: dense inference in bf16" in runs["bf16"]
+    assert "evaluation at step 4: dense inference in fp32" in runs["bf16"]
+    assert "evaluation at step 2: dense inference in fp32" in runs["fp32"]
+    # evaluations draw nothing from the random streams: the same weights, and the last evaluation (fp32) the same
+    weights = [torch.load(tmp_path / p / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"] for p in runs]
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+    last = [[row for row in learning_curve(tmp_path / p) if row[0] == "4"] for p in runs]
+    assert last[0] == last[1] and last[0]
+    summaries = [json.loads((tmp_path / p / "summary.json").read_text())["dice"] for p in runs]
+    assert summaries[0] == summaries[1]
+
+
+def test_a_bad_intermediate_precision_is_refused_naming_the_setting():
+    with pytest.raises(ValueError, match="evaluation.intermediate_precision: precision must be one of auto, fp32, bf16, got 'fp16'"):
+        MultiTaskSegmentationModule(["brain"], model={"depth": 3, "width": 4, "fc_width": 8}, evaluation={"intermediate_precision": "fp16"})
+    module = MultiTaskSegmentationModule(["brain"], model={"depth": 3, "width": 4, "fc_width": 8}, evaluation={"intermediate_precision": "bf16"})
+    assert module.evaluation_precision == "fp32"  # outside a fit: as mtseg.evaluate

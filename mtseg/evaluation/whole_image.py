@@ -240,9 +240,13 @@ class WholeImageEvaluator:
         slab_voxels: int,
         spacing: tuple[float, float, float] = (1.0, 1.0, 1.0),
         progress: bool | None = False,
+        precision: str = "fp32",
     ) -> None:
-        """Segment one preprocessed held-out image densely and add it (``spacing``: its voxels, in mm)."""
-        segmentation = segment_volume(net, volume, mask, self.channels(task), progress=progress, slab_voxels=slab_voxels)
+        """Segment one preprocessed held-out image densely and add it (``spacing``: its voxels, in mm;
+        ``precision``: of the dense inference, see :func:`~mtseg.inference.dense.segment_volume`)."""
+        segmentation = segment_volume(
+            net, volume, mask, self.channels(task), progress=progress, slab_voxels=slab_voxels, precision=precision
+        )
         probability = None if segmentation.probabilities is None else segmentation.probabilities[0]
         self.add(task, case_id, segmentation.labels, reference, probability, image=volume.interior, spacing=spacing)
 

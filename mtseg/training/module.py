@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import warnings
 
 from collections.abc import Mapping, Sequence
@@ -13,10 +14,13 @@ import torch
 from mtseg.data.held_out import HeldOutImage
 from mtseg.defaults import conf_defaults
 from mtseg.evaluation.whole_image import EvaluationResult, WholeImageEvaluator
+from mtseg.inference.dense import inference_dtype
 from mtseg.model import TriplanarCNN
 from mtseg.tasks import TASKS, LabelSpace
 from mtseg.training.lr_schedule import LR_DECAYS, lr_factor
 from mtseg.training.mode import TrainingMode, training_mode_from_config
+
+log = logging.getLogger(__name__)
 
 #: Key under which every mtseg checkpoint stores what its output channels mean.
 CHECKPOINT_KEY = "mtseg"
@@ -45,8 +49,9 @@ class MultiTaskSegmentationModule(L.LightningModule):
         preprocessing: Each task's ``preprocessing`` config (spacing, threshold, intensity
             transforms), stored so a checkpoint says how to prepare a new image.
         pad_value: Normalised intensity outside the volume used in training.
-        evaluation: ``pr_thresholds`` (thresholds of the PR analysis) and ``slab_voxels``
-            (voxels per slab of dense inference).
+        evaluation: ``pr_thresholds`` (thresholds of the PR analysis), ``slab_voxels``
+            (voxels per slab of dense inference) and ``intermediate_precision`` (of the dense inference
+            of every evaluation but the run's last, which is fp32).
         data: The data config without the tasks' ``preprocessing`` (stored once, above), so a checkpoint
             can be evaluated on the same test sets.
         training: The training mode (``conf/training``, built by Hydra), or its stored config
@@ -92,6 +97,11 @@ class MultiTaskSegmentationModule(L.LightningModule):
         evaluation = dict(evaluation or {})
         evaluation = {**conf_defaults("evaluation/whole_image.yaml"), **evaluation}
         self.slab_voxels = int(evaluation["slab_voxels"])
+        self.intermediate_precision = str(evaluation["intermediate_precision"])
+        try:  # a bad value fails here, not at the first evaluation
+            inference_dtype(self.intermediate_precision, torch.device("cpu"))
+        except ValueError as error:
+            raise ValueError(f"evaluation.intermediate_precision: {error}") from None
         self.evaluator = WholeImageEvaluator(self.label_space, int(evaluation["pr_thresholds"]))
         #: The latest whole-image evaluation (None before the first).
         self.latest_evaluation: EvaluationResult | None = None
@@ -142,11 +152,25 @@ class MultiTaskSegmentationModule(L.LightningModule):
             self.log(f"train/loss/{task}", per_task[task_id])
         return loss
 
+    @property
+    def evaluation_precision(self) -> str:
+        """Precision of this evaluation's dense inference: fp32 for the run's last evaluation (and outside
+        a fit), ``evaluation.intermediate_precision`` for the ones before it."""
+        trainer = self._trainer
+        last = trainer is None or trainer.max_steps is None or trainer.max_steps < 0 or self.global_step >= trainer.max_steps
+        return "fp32" if last else self.intermediate_precision
+
     def validation_step(self, image: HeldOutImage, batch_index: int) -> None:
-        # in fp32 whatever the training precision, so that `mtseg.evaluate` and `predict --precision fp32` repeat it
+        # autocast off whatever the training precision: the last evaluation is fp32, so that `mtseg.evaluate` and
+        # `predict --precision fp32` repeat it; earlier ones may run the network's own bf16 inference
+        precision = self.evaluation_precision
+        if batch_index == 0:
+            dtype = inference_dtype(precision, self.device)
+            log.info("Whole-image evaluation at step %d: dense inference in %s", self.global_step, "bf16" if dtype == torch.bfloat16 else "fp32")
         with torch.autocast(self.device.type, enabled=False):
             self.evaluator.add_volume(
-                self.net, image.task, image.case_id, image.volume, image.reference, image.mask, self.slab_voxels, image.spacing
+                self.net, image.task, image.case_id, image.volume, image.reference, image.mask, self.slab_voxels, image.spacing,
+                precision=precision,
             )
 
     def on_validation_epoch_end(self) -> None:
