@@ -2,7 +2,9 @@
 
 Writes to ``<run dir>/evaluation/<checkpoint name>/`` (or ``output_dir``): ``results.json``
 (per task and class: mean and median Dice, PR thresholds, cross-task confusion),
-``per_image.csv``, and ``predictions/<task>/<case_id>.nii.gz`` (task-local labels on each
+``per_image.csv``, ``provenance.json`` (the command, commit, machine and date, and what the training
+run recorded of itself), with ``variants=contrast`` ``variants.json`` and ``variants.md``
+(:mod:`mtseg.evaluation.contrast_variants`), and ``predictions/<task>/<case_id>.nii.gz`` (task-local labels on each
 input image's own grid). The PR thresholds are also written beside the checkpoint
 (``<checkpoint>.thresholds.json``), where ``mtseg.predict`` finds them.
 """
@@ -14,6 +16,7 @@ import csv
 import json
 import logging
 import sys
+import time
 from pathlib import Path
 
 import hydra
@@ -26,6 +29,7 @@ from mtseg.data.preprocessing import IMAGE, LABEL
 from mtseg.evaluation.contrast_variants import VariantSpec, evaluate_variants, report_markdown, summarise, variant_specs, variant_tasks
 from mtseg.evaluation.whole_image import EvaluationResult, WholeImageEvaluator
 from mtseg.nifti import atomic_write_bytes, check_outputs, read_image, to_input_grid, write_like
+from mtseg.runtime.provenance import command_line, write_provenance
 from mtseg.runtime.signals import SIGTERM_EXIT, Terminated, sigterm_raises
 
 log = logging.getLogger(__name__)
@@ -59,7 +63,7 @@ def evaluate_checkpoint(
 def check_evaluation_outputs(out_dir: Path, loaded: LoadedCheckpoint, datamodule, write_predictions: bool, variants: bool = False) -> None:
     """Before any image is segmented: results of an earlier evaluation in ``out_dir`` may be replaced,
     an input (a test image or label, the checkpoint) never, whatever ``output_dir`` says."""
-    outputs = [out_dir / "results.json", out_dir / "per_image.csv", thresholds_path(loaded.path)]
+    outputs = [out_dir / "results.json", out_dir / "per_image.csv", out_dir / "provenance.json", thresholds_path(loaded.path)]
     if variants:
         outputs += [out_dir / "variants.json", out_dir / "variants.md"]
     inputs = {"checkpoint": loaded.path}
@@ -102,7 +106,25 @@ def write_results(result: EvaluationResult, out_dir: Path, loaded: LoadedCheckpo
     return results
 
 
+def training_run(checkpoint: Path) -> dict | None:
+    """What the run that wrote ``checkpoint`` (``<run>/checkpoints/x.ckpt``) recorded of itself: its folder,
+    overrides, training and evaluation seconds and where it ran (``summary.json``); ``None`` outside a run folder."""
+    run = checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else checkpoint.parent
+    summary, overrides = run / "summary.json", run / ".hydra" / "overrides.yaml"
+    if not summary.is_file():
+        return None
+    try:
+        recorded = json.loads(summary.read_text())
+        listed = OmegaConf.to_container(OmegaConf.load(overrides)) if overrides.is_file() else None
+    except (ValueError, OSError) as error:
+        log.warning("%s: not read (%s); provenance.json names no training run", summary, error)
+        return None
+    keys = ("experiment", "minibatches_per_task", "train_seconds", "evaluation_seconds", "intensity_baseline_dice", "provenance")
+    return {"path": str(run), "overrides": listed, **{k: recorded.get(k) for k in keys}}
+
+
 def evaluate(cfg: DictConfig) -> dict:
+    started = time.time()
     out_dir = Path(HydraConfig.get().runtime.output_dir)
     loaded = load_checkpoint(cfg.ckpt_path)
     specs, variant_task_names = prepare_variants(cfg, loaded)
@@ -123,6 +145,7 @@ def evaluate(cfg: DictConfig) -> dict:
     print(summary_lines(results))
     if specs:
         print(write_variant_results(cfg, loaded, datamodule, result, out_dir, specs, variant_task_names))
+    write_provenance(out_dir, command_line("mtseg.evaluate"), started, training_run=training_run(loaded.path))
     print(f"Results in {out_dir}")
     return results
 

@@ -154,6 +154,9 @@ def test_evaluate_with_variants_writes_both_reports_and_names_a_bad_setting(fixt
     values = [report["dice"][n]["breast"]["pectoral_muscle"] for n in names]
     assert report["summary"]["breast"]["classes"]["pectoral_muscle"]["worst"] == min(values)
     assert "| **worst of the variants** |" in (out / "variants.md").read_text()
+    provenance = json.loads((out / "provenance.json").read_text())
+    assert provenance["command"].startswith("python -m mtseg.evaluate") and "variants=contrast" in provenance["command"]
+    assert provenance["training_run"]["path"] == str(tmp / "run") and provenance["training_run"]["experiment"] == "breast_cta"
     bad = tmp / "bad"
     result = subprocess.run(
         [sys.executable, "-m", "mtseg.evaluate", *common, f"output_dir={bad}", "variants=contrast", "variants.modalities=[ct_only]"],

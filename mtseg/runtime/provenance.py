@@ -4,7 +4,8 @@
 changes), the command line, the machine (CPU model and the flags that decide its speed, core
 counts, GPUs), the versions of Python, torch and mtseg, the UTC date and the command's wall
 seconds, plus whatever the command adds (``note``, settings). ``mtseg.bench``,
-``mtseg.figures`` and ``mtseg.gpu_check`` write it into their ``--out`` folder.
+``mtseg.figures`` and ``mtseg.gpu_check`` write it into their ``--out`` folder, ``mtseg.evaluate``
+into its output folder.
 """
 
 from __future__ import annotations
