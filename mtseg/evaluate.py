@@ -173,7 +173,7 @@ def write_variant_results(
     original = {task: {cls: result.tasks[task].class_dice(cls)["mean"] for cls in result.tasks[task].classes} for task in tasks}
     per_variant = evaluate_variants(
         loaded, datamodule, specs, tasks, original, result.thresholds(), cfg.evaluation.pr_thresholds, cfg.evaluation.slab_voxels,
-        select_device(cfg.device), log,
+        select_device(cfg.device),
     )
     summary = summarise(per_variant)
     table = report_markdown(per_variant, summary)

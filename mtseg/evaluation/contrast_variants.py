@@ -21,6 +21,7 @@ variants (the original left out of both).
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -33,7 +34,10 @@ from mtseg.data.held_out import HeldOutImage
 from mtseg.data.preprocessing import IMAGE, SAMPLING_MASK, build_preprocessing
 from mtseg.data.sources import task_subjects
 from mtseg.data.subjects import prepare_subject
+from mtseg.evaluation.whole_image import WholeImageEvaluator
 from mtseg.tasks import TASKS
+
+log = logging.getLogger(__name__)
 
 #: Name of the unchanged held-out images in a variant report.
 ORIGINAL = "original"
@@ -172,7 +176,7 @@ def summarise(per_variant: Mapping[str, Mapping[str, Mapping[str, float | None]]
 
 def evaluate_variants(
     loaded, datamodule, specs: Sequence[VariantSpec], tasks: Sequence[str], original: Mapping[str, Mapping[str, float | None]],
-    thresholds: Mapping[str, float], pr_thresholds: int, slab_voxels: int, device: torch.device, log=None,
+    thresholds: Mapping[str, float], pr_thresholds: int, slab_voxels: int, device: torch.device,
 ) -> dict[str, dict[str, dict[str, float | None]]]:
     """Mean Dice per task and class of ``loaded``'s network on each variant of ``tasks``' held-out images.
 
@@ -186,21 +190,17 @@ def evaluate_variants(
             and kept for every variant.
         pr_thresholds, slab_voxels: As for the whole-image evaluation.
         device: Where the network runs.
-        log: A logger for progress lines, or ``None``.
 
     Returns:
         ``{variant: {task: {class: mean Dice}}}``, :data:`ORIGINAL` first.
     """
-    from mtseg.evaluation.whole_image import WholeImageEvaluator
-
     net = loaded.net.to(device)
     results: dict[str, dict[str, dict[str, float | None]]] = {ORIGINAL: {t: dict(original[t]) for t in tasks}}
     for spec in specs:
         evaluator = WholeImageEvaluator(loaded.label_space, pr_thresholds, fixed_thresholds=thresholds)
         for task in tasks:
             for image in variant_images(datamodule, task, spec):
-                if log is not None:
-                    log.info("Segmenting %s image %s, variant %s", task, image.case_id, spec.name)
+                log.info("Segmenting %s image %s, variant %s", task, image.case_id, spec.name)
                 evaluator.add_volume(net, task, image.case_id, image.volume, image.reference, image.mask, slab_voxels, image.spacing)
         evaluation = evaluator.compute()
         results[spec.name] = {
