@@ -474,6 +474,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--note", help="recorded in provenance.json and bench.md (e.g. what else ran on the machine)")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides of the train config, e.g. model.depth=3 or training.cube=8")
     args = parser.parse_args(argv)
+    if args.brain_image:  # refused before minutes of other measurements
+        try:
+            read_image(args.brain_image)
+        except (ValueError, OSError) as error:
+            parser.error(f"--brain-image: {error}")
     started = time.time()
     FIGURES.clear()
     printed = _Tee(sys.stdout)

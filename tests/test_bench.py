@@ -1,5 +1,6 @@
 """`make bench` end to end on tiny settings: every section reports, cube training against patch training included."""
 
+import json
 import os
 import re
 import subprocess
@@ -47,3 +48,28 @@ def test_bench_reports_pipeline_training_modes_and_inference(tmp_path):
     after = re.search(r"new default \(folded, precision=\w+ -> \w+\): ([\d.]+) s, ([\d.]+)x faster", out)
     agreement = re.search(r"new against before: same label at ([\d.]+) % of the mask's voxels", out)
     assert before and after and agreement and 0 <= float(agreement.group(1)) <= 100
+
+
+def test_bench_times_a_given_brain_nifti_preprocessed_as_the_brain_task(tmp_path):
+    import nibabel as nib
+    import numpy as np
+
+    data = np.zeros((20, 22, 18), np.float32)
+    data[4:16, 5:17, 4:14] = np.random.default_rng(0).uniform(50, 150, (12, 12, 10))
+    affine = np.diag([2.0, 2.0, 2.0, 1.0])  # 2 mm voxels: resampled to the brain task's 1 mm first
+    nib.save(nib.Nifti1Image(data, affine), tmp_path / "brain.nii.gz")
+    command = [sys.executable, "-m", "mtseg.bench", "--inference-only", "--dense-shape", "8", "8", "8", "--patch-voxels", "8",
+               "--brain-image", str(tmp_path / "brain.nii.gz"), "--out", str(tmp_path / "out"),
+               "model.depth=3", "model.width=4", "model.fc_width=8"]
+    result = subprocess.run(command, env=os.environ | {"WANDB_MODE": "disabled"}, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    found = re.search(r"brain \((\d+), (\d+), (\d+)\) \(.*brain\.nii\.gz, ([\d,]+) voxels in its mask\)", result.stdout)
+    assert found and tuple(int(v) for v in found.groups()[:3]) == (40, 44, 36)  # on the 1 mm grid
+    assert int(found.group(4).replace(",", "")) > 12 * 12 * 10 * 7  # the brain's voxels at 1 mm (x8, less the edges' partial voxels)
+    figures = json.loads((tmp_path / "out" / "bench.json").read_text())["brain_inference"]
+    assert figures["image"].endswith("brain.nii.gz") and figures["shape"] == [40, 44, 36]
+    for bad in (tmp_path / "none.nii.gz", tmp_path / "out" / "bench.json"):
+        refused = subprocess.run([sys.executable, "-m", "mtseg.bench", "--inference-only", "--brain-image", str(bad)],
+                                 capture_output=True, text=True, timeout=600)
+        assert refused.returncode == 2 and "--brain-image: " in refused.stderr and str(bad) in refused.stderr
+        assert "Traceback" not in refused.stderr
