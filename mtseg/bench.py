@@ -358,7 +358,7 @@ def segment_volume_before(net: TriplanarCNN, volume: TriplanarVolume, mask: torc
     return labels, probabilities
 
 
-def phantom_brain(shape: tuple[int, int, int], cfg, depth: int, seed: int = 0, path: str | None = None) -> tuple[TriplanarVolume, torch.Tensor]:
+def brain_volume(shape: tuple[int, int, int], cfg, depth: int, seed: int = 0, path: str | None = None) -> tuple[TriplanarVolume, torch.Tensor]:
     """A phantom brain MR of ``shape`` at 1 mm (or the brain MR NIfTI at ``path``) preprocessed as the brain task
     is (conf/data/brain), padded for ``depth``, and its sampling mask (what ``predict`` segments)."""
     if path:
@@ -419,7 +419,7 @@ def time_brain(args: argparse.Namespace, cfg, device: torch.device) -> None:
     far the new path's labels and probabilities are from the old path's."""
     shape = tuple(args.brain_shape)
     net, kept, described = brain_network(cfg, args.brain_checkpoint, device)
-    volume, mask = phantom_brain(shape, cfg, net.depth, path=args.brain_image)
+    volume, mask = brain_volume(shape, cfg, net.depth, path=args.brain_image)
     shape = tuple(mask.shape)
     precision = conf_defaults("predict.yaml")["precision"]
     dtype = inference_dtype(precision, device)

@@ -150,11 +150,16 @@ def evaluate(cfg: DictConfig) -> dict:
     return results
 
 
+def variants_config(cfg: DictConfig) -> dict:
+    """``cfg.variants`` as plain values (``conf/variants/<name>.yaml`` with the command line's overrides)."""
+    return OmegaConf.to_container(cfg.variants, resolve=True)
+
+
 def prepare_variants(cfg: DictConfig, loaded: LoadedCheckpoint) -> tuple[list[VariantSpec], list[str]]:
     """The test variants of ``cfg.variants`` and the tasks that get them (none without ``variants=``)."""
     if not cfg.get("variants"):
         return [], []
-    config = OmegaConf.to_container(cfg.variants, resolve=True)
+    config = variants_config(cfg)
     specs = variant_specs(config)
     tasks = variant_tasks(loaded.label_space.tasks, config.get("modalities") or [])
     if not tasks:
@@ -169,7 +174,6 @@ def write_variant_results(
 ) -> str:
     """``variants.json`` and ``variants.md``: the network on the test variants ``specs`` of ``tasks``' images
     (:mod:`mtseg.evaluation.contrast_variants`); returns the Markdown table."""
-    config = OmegaConf.to_container(cfg.variants, resolve=True)
     original = {task: {cls: result.tasks[task].class_dice(cls)["mean"] for cls in result.tasks[task].classes} for task in tasks}
     per_variant = evaluate_variants(
         loaded, datamodule, specs, tasks, original, result.thresholds(), cfg.evaluation.pr_thresholds, cfg.evaluation.slab_voxels,
@@ -180,7 +184,7 @@ def write_variant_results(
     payload = {
         "checkpoint": str(loaded.path),
         "minibatches_per_task": loaded.module.minibatches_per_task(loaded.global_step),
-        "variants_config": config,
+        "variants_config": variants_config(cfg),
         "dice": per_variant,
         "summary": summary,
     }

@@ -9,7 +9,8 @@ held-out image as the task's preprocessing prepares it, in this order:
    (:func:`mtseg.data.preprocessing.build_preprocessing`): the mask, the labels and the grid stay
    the original's, so a change of Dice is the contrast's alone;
 2. the task's intensity normalisation, so the variant's transforms act on a known range
-   (``[0, 1]`` for MRI);
+   (``[0, 1]`` for MRI). Steps 1 and 2 are the data module's preparation of the held-out
+   images, done once for all variants;
 3. the variant's transforms, seeded by the variant's seed (a random transform is drawn once, the
    same in every run), on the image only; voxels outside the sampling mask are set back to the
    normalised background, as a skull-stripped scan of another scanner would have them;
@@ -29,11 +30,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torchio as tio
+from hydra.utils import instantiate
 
 from mtseg.data.held_out import HeldOutImage
-from mtseg.data.preprocessing import IMAGE, SAMPLING_MASK, build_preprocessing
-from mtseg.data.sources import task_subjects
-from mtseg.data.subjects import prepare_subject
+from mtseg.data.preprocessing import IMAGE, SAMPLING_MASK
+from mtseg.data.triplanar import TriplanarVolume
 from mtseg.evaluation.whole_image import WholeImageEvaluator
 from mtseg.tasks import TASKS
 
@@ -92,8 +93,6 @@ def variant_specs(config: Mapping) -> list[VariantSpec]:
     Raises:
         ValueError: naming the variant and what is wrong with it.
     """
-    from hydra.utils import instantiate
-
     variants = config.get("variants") or {}
     if not isinstance(variants, Mapping) or not variants:
         raise ValueError("variants.variants: expected a mapping of variant names to lists of TorchIO transforms")
@@ -117,18 +116,25 @@ def variant_specs(config: Mapping) -> list[VariantSpec]:
 
 
 def variant_images(datamodule, task: str, spec: VariantSpec) -> list[HeldOutImage]:
-    """``task``'s held-out images of ``datamodule`` (set up for evaluation) as variant ``spec``."""
-    source = datamodule.sources[task]
-    cfg = source["preprocessing"]
-    intensity = list(cfg.get("intensity", []))
-    preprocessing = build_preprocessing(
-        cfg["spacing"], cfg["threshold"], [*intensity, ContrastVariant(spec.name, spec.transforms, spec.seed), *intensity]
-    )
-    raw = task_subjects(task, source, datamodule.root).get("test", [])
-    return [
-        HeldOutImage.from_subject(prepare_subject(subject, preprocessing, datamodule.depth, datamodule.pad_value))
-        for subject in raw
-    ]
+    """``task``'s held-out images of ``datamodule`` (set up for evaluation) as variant ``spec``.
+
+    Starts from the images as the data module prepared them (steps 1 and 2 of the module's
+    pipeline: nothing is read or resampled again) and applies steps 3 and 4.
+    """
+    intensity = list(datamodule.sources[task]["preprocessing"].get("intensity", []))
+    transform = tio.Compose([ContrastVariant(spec.name, spec.transforms, spec.seed), *intensity])
+    images = []
+    for prepared in datamodule.subjects[task]["test"]:
+        original = HeldOutImage.from_subject(prepared)
+        image = prepared[IMAGE]
+        subject = tio.Subject({
+            IMAGE: tio.ScalarImage(tensor=image.data.clone(), affine=image.affine),
+            SAMPLING_MASK: tio.LabelMap(tensor=prepared[SAMPLING_MASK].data, affine=image.affine),
+        })
+        varied = transform(subject)[IMAGE].data[0]
+        volume = TriplanarVolume(varied, datamodule.depth, datamodule.pad_value)
+        images.append(HeldOutImage(task, original.case_id, volume, original.reference, original.mask, original.spacing))
+    return images
 
 
 def variant_tasks(tasks: Sequence[str], modalities: Sequence[str]) -> list[str]:

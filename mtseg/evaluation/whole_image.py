@@ -286,7 +286,8 @@ class WholeImageEvaluator:
                 raise ValueError(f"{case_id}: task {task!r} is evaluated at a PR threshold and needs its probability")
             # half precision halves what is kept; the curve sees exactly the values later thresholded
             entry["probability"] = probability.to(torch.float16)
-            self._curves[task].update(entry["probability"], reference > 0)
+            if task not in self.fixed_thresholds:  # a fixed threshold needs no curve
+                self._curves[task].update(entry["probability"], reference > 0)
         else:
             entry["prediction"] = task_labels(self.label_space, task, labels)
         if image is not None:
